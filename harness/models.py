@@ -287,10 +287,31 @@ class ModelAdapter:
 
     @property
     def supports_cache(self) -> bool:
-        """True when the model takes a :class:`transformers.Cache` as ``past_key_values``: a stock
-        transformers architecture (remote-code models such as LLaDA keep their own cache formats)."""
-        return type(self.model).__module__.startswith("transformers.models.") and \
-            "past_key_values" in self._forward_params
+        """True when the model can be driven with a :class:`transformers.Cache` (our
+        :class:`SlotKVCache`): a stock transformers architecture that is not stateful and whose
+        class reports that ``generate()`` may hand it a standard dynamic cache
+        (``GenerationMixin._supports_default_dynamic_cache``). Remote-code models such as
+        LLaDA keep their own cache formats and are refused. Decided from the class, not from
+        the name of a ``forward`` argument (transformers 5.24 renamed ``past_key_values`` to
+        ``cache``)."""
+        cls = type(self.model)
+        if not cls.__module__.startswith("transformers.models.") or getattr(cls, "_is_stateful", False):
+            return False
+        probe = getattr(cls, "_supports_default_dynamic_cache", None)
+        if callable(probe) and not probe():
+            return False
+        return self.cache_kwarg is not None
+
+    @property
+    def cache_kwarg(self) -> str | None:
+        """The keyword the installed transformers expects the cache under: ``cache``
+        (transformers >= 5.24; ``past_key_values`` is a deprecated alias there until 5.40) or
+        ``past_key_values`` (earlier releases); None when ``forward`` takes neither."""
+        params = self._forward_params
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                return name
+        return None
 
     @property
     def _forward_params(self) -> frozenset[str]:
@@ -332,7 +353,7 @@ class ModelAdapter:
         if position_ids is not None and "position_ids" in params:
             kw["position_ids"] = position_ids  # (models without it use 0..t-1: RoPE is shift-invariant)
         if past_key_values is not None:
-            kw["past_key_values"] = past_key_values
+            kw[self.cache_kwarg or "past_key_values"] = past_key_values
         if "use_cache" in params:
             kw["use_cache"] = past_key_values is not None
         return kw

@@ -87,13 +87,13 @@ class FULL_DIFFUSION(SamplerBase):
         :meth:`dllm_bench.samplers.block.BLOCK_STATIC.generate`.
 
         Raises:
-            BadInputError: a model of another family, or a cache mode on a model whose forward
-                takes no ``past_key_values``.
+            BadInputError: a model of another family, or a cache mode on a model that cannot
+                be driven with a transformers ``Cache`` (:attr:`ModelAdapter.supports_cache`).
         """
         self.check_model(model)
         cfg = self.config
         if cfg.cache_mode != "none" and not model.supports_cache:
-            raise BadInputError(f"cache_mode={cfg.cache_mode!r} needs a model that accepts past_key_values; "
+            raise BadInputError(f"cache_mode={cfg.cache_mode!r} needs a model that takes a transformers Cache; "
                                 f"{model.spec!r} does not (use cache_mode=none)")
         B = int(cfg.block_size or model.block_size or 32)
         S = min(int(cfg.denoising_steps or B), B)
