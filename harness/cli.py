@@ -71,6 +71,14 @@ def _module(name: str, feature: str):
         raise
 
 
+def _deterministic(on: bool, threads: int = 1) -> None:
+    """Enter deterministic mode (may re-execute the process) before torch is imported."""
+    if on:
+        from . import determinism
+
+        determinism.enter(threads)
+
+
 def parse_kv(pairs: list[str] | None, option: str) -> dict[str, Any]:
     """Parse ``k=v`` options; values are YAML scalars (``0.9`` -> float, ``true`` -> bool)."""
     import yaml
@@ -175,8 +183,12 @@ def eval_cmd(
     record_trajectory: Annotated[bool, typer.Option(help="Store step maps in per-sample records.")] = False,
     label: Annotated[Optional[str], typer.Option(help="Row label for leaderboard tables.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the entry as JSON on stdout.")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic/--native", help="Deterministic mode: pin the CPU code "
+                                                "paths (ATen, MKL, oneDNN, libm), one thread and deterministic algorithms "
+                                                "before torch loads, so any x86-64 machine gives the same bits.")] = False,
 ):
     """Evaluate MODEL on TASK with SAMPLER: writes a leaderboard entry + per-sample records."""
+    _deterministic(deterministic)
     ev = _module("evaluate", "eval")
     entry = ev.run_eval(model=model, task=task, sampler=sampler, sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
                         model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
@@ -222,8 +234,12 @@ def train_cmd(
     output: Annotated[Path, typer.Option(help="Run directory: checkpoints, metrics.jsonl, final HF weights.")] = Path("runs/train"),
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field key=value (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the train result as JSON on stdout.")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic/--native", help="Deterministic mode: pin the CPU code "
+                                                "paths (ATen, MKL, oneDNN, libm), one thread and deterministic algorithms "
+                                                "before torch loads, so any x86-64 machine gives the same bits.")] = False,
 ):
     """Train with a trainer plugin (single process here; `accelerate launch -m dllm_bench train ...` for many)."""
+    _deterministic(deterministic)
     tb = _module("trainers.base", "train")
     result = tb.run_trainer(trainer, config, output, overrides=parse_kv(set_, "--set"))
     if as_json:
@@ -241,10 +257,16 @@ def run_cmd(
     output: Annotated[Optional[Path], typer.Option(help="Output directory (default: runs/<recipe>); re-running resumes.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, resolve every plugin and print the plan.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final leaderboard as JSON on stdout.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Override the recipe's seed (model init, training, sampling); "
+                                                "default output then runs/<recipe>-seed<N>.")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--native", help="Deterministic mode (the "
+                                                          "default for CPU recipes) or the machine's native kernels "
+                                                          "(default for GPU recipes).", show_default=False)] = None,
 ):
     """Run a train -> evaluate recipe; ends by printing the leaderboard table."""
     rc = _module("recipes", "run")
-    rc.run_cli(recipe=recipe, list_only=list_, output=output, dry_run=dry_run, as_json=as_json)
+    rc.run_cli(recipe=recipe, list_only=list_, output=output, dry_run=dry_run, as_json=as_json, seed=seed,
+               deterministic=deterministic)
 
 
 # ----------------------------------------------------------------------- leaderboard
@@ -299,12 +321,16 @@ def gate_cmd(
 # ------------------------------------------------------------------------------- env
 @app.command("env")
 @handle_errors
-def env_cmd(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False):
-    """Versions, git sha, and whether a GPU, Docker engine and bubblewrap are present."""
+def env_cmd(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+            deterministic: Annotated[bool, typer.Option("--deterministic/--native", help="Show the environment "
+                                                        "a deterministic-mode run gets (pins applied).")] = False):
+    """Versions, git sha, the device precisely (CPU model, ISA, torch CPU capability, threads, GPU,
+    driver, CUDA / cuDNN, compute capability), the deterministic-mode pins, Docker and bubblewrap."""
     from rich.table import Table
 
     from .envinfo import collect
 
+    _deterministic(deterministic)
     info = collect()
     if as_json:
         print_json(info)
@@ -312,12 +338,17 @@ def env_cmd(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout
     t = Table(title="dllm-bench env", show_header=False)
     t.add_column("what")
     t.add_column("value")
-    for k, v in info.items():
-        if k == "libraries":
-            for lib, ver in v.items():
-                t.add_row(lib, str(ver or "not installed"))
+
+    def rows(prefix: str, v: Any) -> None:
+        if isinstance(v, dict) and v:
+            for k, sub in v.items():
+                rows(f"{prefix}.{k}" if prefix else str(k), sub)
+        elif isinstance(v, list):
+            t.add_row(prefix, ", ".join(map(str, v)) or "-")
         else:
-            t.add_row(k, "absent" if v is None else str(v))
+            t.add_row(prefix, "absent" if v is None else str(v))
+
+    rows("", info)
     stdout_console.print(t)
 
 
@@ -345,7 +376,11 @@ def schema_cmd(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (the only caller allowed to re-execute the process for
+    deterministic mode, :func:`dllm_bench.determinism.enter`)."""
+    from . import determinism
+
+    determinism.allow_reexec()
     app()
 
 

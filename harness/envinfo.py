@@ -5,12 +5,14 @@ Nothing here imports torch unless asked for (``with_torch=True``).
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -70,9 +72,82 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
+             "amx_bf16")
+"""/proc/cpuinfo flags that decide which native code paths the math libraries would take."""
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model name, logical cores and the ISA flags of :data:`ISA_FLAGS` it offers (no torch)."""
+    model, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model is None:
+                model = val.strip()
+            elif key == "flags" and not flags:
+                flags = set(val.split())
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or platform.machine(), "machine": platform.machine(),
+            "logical_cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def _nvidia_driver() -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20).stdout.strip().splitlines()
+        return out[0].strip() if out else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def device_info() -> dict[str, Any]:
+    """The device, precisely (imports torch): recorded in every entry and by ``dllm-bench env``.
+
+    Keys: ``cpu`` (:func:`cpu_info`), ``torch_cpu_capability`` (ATen's dispatch level:
+    DEFAULT / AVX2 / AVX512 ...), ``threads`` (torch intra / inter-op, OMP / MKL env),
+    ``gpu`` (None without CUDA; else ``name``, ``count``, ``driver``, ``cuda``, ``cudnn``,
+    ``compute_capability``) and ``nccl`` (version, only when a distributed run is set up:
+    ``WORLD_SIZE`` > 1 or an initialised process group).
+    """
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": cpu_info(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS")},
+        "gpu": None,
+        "nccl": None,
+    }
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        cap = torch.cuda.get_device_capability(0)
+        info["gpu"] = {"name": torch.cuda.get_device_name(0), "count": n,
+                       "names": sorted({torch.cuda.get_device_name(i) for i in range(n)}),
+                       "driver": _nvidia_driver(), "cuda": torch.version.cuda,
+                       "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                       "compute_capability": f"{cap[0]}.{cap[1]}"}
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if dist or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            try:
+                v = torch.cuda.nccl.version()
+                info["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+            except (AttributeError, RuntimeError):
+                info["nccl"] = None
+    return info
+
+
 def device_string() -> str:
+    """``cuda:<GPU name>`` or ``cpu:<CPU model name>`` (one line; :func:`device_info` has the rest)."""
     g = gpu_name()
-    return f"cuda:{g}" if g else f"cpu:{platform.processor() or platform.machine()}"
+    return f"cuda:{g}" if g else f"cpu:{cpu_info()['model']}"
 
 
 def collect(with_torch: bool = True) -> dict:
@@ -90,5 +165,9 @@ def collect(with_torch: bool = True) -> dict:
         "bubblewrap": shutil.which("bwrap"),
     }
     if with_torch and info["libraries"]["torch"]:
+        from .determinism import report
+
         info["gpu"] = gpu_name()
+        info["device"] = device_info()
+        info["determinism"] = report()
     return info

@@ -162,7 +162,8 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
         raise BadInputError(f"--limit must be >= 1, got {limit}")
 
     from . import __version__
-    from .envinfo import device_string, git_info, library_versions
+    from .determinism import report as determinism_report
+    from .envinfo import device_info, device_string, git_info, library_versions
     from .models import ModelAdapter, load_model
     from .results import SampleStore
     from .samplers.base import CostMeter, derive_seed
@@ -249,7 +250,8 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
         entry_id=Entry.make_id(key, minfo, seeds), created_at=Entry.now(), label=label, key=key,
         key_digest=key.digest(),
         repro=Repro(model=minfo, seeds=seeds, harness=HarnessInfo(version=__version__, git_sha=sha, git_dirty=dirty),
-                    libraries=library_versions(), device=device_string(), platform=platform.platform()),
+                    libraries=library_versions(), device=device_string(), platform=platform.platform(),
+                    device_info=device_info(), determinism=determinism_report()),
         metrics=metrics, cost=Cost(**meter.to_cost()),
         status=Status(state=state, n_expected=len(items), n_done=n_done, n_failed=n_failed, errors=errors[:20]),
         samples=SamplesRef(path=SAMPLES_FILE, sha256=sha256_file(samples_path), n_records=n_done))

@@ -87,6 +87,19 @@ class Recipe(StrictModel):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads for the whole run (null = torch's "
                                       "default); 1 is fastest for the tiny CPU models, whose matrices are too small "
                                       "to split")
+    deterministic: bool | None = Field(None, description="Deterministic mode (dllm_bench.determinism): pin the "
+                                       "CPU code paths, thread counts and deterministic algorithms before torch "
+                                       "loads, so any x86-64 machine gives the same bits. null = on for CPU recipes "
+                                       "(gpu_required false), off for GPU recipes")
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads in deterministic mode: ``torch_threads``, else 1."""
+        return self.torch_threads or 1
+
+    def wants_deterministic(self) -> bool:
+        """The recipe's own choice: ``deterministic``, else on exactly when no GPU is required."""
+        return (not self.gpu_required) if self.deterministic is None else self.deterministic
 
     @model_validator(mode="after")
     def _ids_resolve(self) -> "Recipe":
@@ -192,7 +205,7 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
         table[st.produces] = str(run_dir / "stages" / st.name / "final")
     for st in recipe.stages:
         cls = registry.load("trainers", st.trainer)
-        cfg = _subst(st.config, table)
+        cfg = _seeded(_subst(st.config, table), recipe.seed, cls.Config)
         registry.validate_config(cls.Config, cfg, what=f"stage {st.name!r} ({st.trainer}) config",
                                  source=recipe.name)
         steps.append({"step": "train", "name": st.name, "trainer": st.trainer, "produces": st.produces,
@@ -209,6 +222,18 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
         steps.append({"step": "eval", "label": ev.label, "model": model, "task": ev.task, "sampler": ev.sampler,
                       "decl": ev.model_dump(mode="json")})
     return steps
+
+
+def _seeded(cfg: dict[str, Any], seed: int, config_cls: Any) -> dict[str, Any]:
+    """A stage config with the recipe's seed where the stage sets none: the trainer's ``seed``
+    and, for a model built from a spec (``tiny-*``), its ``model_args.init_seed``."""
+    cfg = dict(cfg)
+    fields = getattr(config_cls, "model_fields", {})
+    if "seed" in fields:
+        cfg.setdefault("seed", seed)
+    if "model_args" in fields and str(cfg.get("model", "")).startswith("tiny-"):
+        cfg["model_args"] = {"init_seed": seed, **dict(cfg.get("model_args") or {})}
+    return cfg
 
 
 def _is_built(m: ModelDecl) -> bool:
@@ -242,6 +267,10 @@ def run_recipe(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
     if recipe.torch_threads:
         torch.set_num_threads(recipe.torch_threads)
+    if recipe.wants_deterministic():
+        from . import determinism
+
+        determinism.after_import(recipe.threads)
     if recipe.gpu_required:
         if not torch.cuda.is_available():
             raise RunFailedError(f"recipe {recipe.name!r} needs a CUDA GPU; use --dry-run to print its plan")
@@ -345,8 +374,14 @@ def _weights_marker(model: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- CLI
-def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run: bool, as_json: bool) -> None:
-    """Body of ``dllm-bench run``."""
+def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run: bool, as_json: bool,
+            seed: int | None = None, deterministic: bool | None = None) -> None:
+    """Body of ``dllm-bench run``.
+
+    ``seed`` overrides the recipe's seed; ``deterministic`` its deterministic mode (None:
+    the recipe's choice, :meth:`Recipe.wants_deterministic`). In deterministic mode the
+    process is pinned (:func:`dllm_bench.determinism.enter`) before torch is imported.
+    """
     if list_only:
         rows = []
         for name, path in sorted(packaged_recipes().items()):
@@ -366,7 +401,11 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
             stdout_console.print(t)
         return
     rec, path = load_recipe(recipe)
-    run_dir = output or Path("runs") / rec.name
+    if seed is not None:
+        rec = rec.model_copy(update={"seed": seed})
+    if deterministic is not None:
+        rec = rec.model_copy(update={"deterministic": deterministic})
+    run_dir = output or Path("runs") / (rec.name if seed is None else f"{rec.name}-seed{seed}")
     if dry_run:
         steps = plan(rec, run_dir)
         if as_json:
@@ -387,7 +426,12 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
                 t.add_row(str(i), "eval", escape(s["label"]), escape(f"{s['task']} / {s['sampler']} / {s['model']}"))
         stdout_console.print(t)
         return
-    console.print(f"running recipe [bold]{rec.name}[/] ({path}) into {run_dir}")
+    if rec.wants_deterministic():
+        from . import determinism
+
+        determinism.enter(rec.threads)
+    console.print(f"running recipe [bold]{rec.name}[/] ({path}) into {run_dir}"
+                  f"{' (deterministic mode)' if rec.wants_deterministic() else ''}")
     summary = run_recipe(rec, run_dir)
     from .gate import load_entries
     from .leaderboard import build, show_cli

@@ -140,6 +140,13 @@ class Repro(StrictModel):
     libraries: dict[str, str | None]
     device: str
     platform: str
+    device_info: dict[str, Any] | None = Field(None, description="The device precisely (dllm_bench.envinfo."
+                                               "device_info): CPU model, ISA flags, torch's CPU capability, thread "
+                                               "counts; GPU name / count / driver / CUDA / cuDNN / compute "
+                                               "capability; NCCL when distributed")
+    determinism: dict[str, Any] | None = Field(None, description="Deterministic-mode report (dllm_bench."
+                                               "determinism.report): mode, pins in effect, MKL CNR branch, "
+                                               "deterministic algorithms")
 
 
 # ----------------------------------------------------------------------- results

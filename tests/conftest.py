@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,24 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run_ci_recipe(out: Path, extra_env: dict[str, str] | None = None, *args: str):
+    """``python -m dllm_bench run ci --output OUT [args]`` in a subprocess (the real CLI, so
+    deterministic mode can re-execute it); ``extra_env`` is what the caller sets."""
+    env = {**os.environ, "CI": "true", **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "dllm_bench", "run", "ci", "--output", str(out), *args],
+                          capture_output=True, text=True, timeout=1200, env=env)
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory):
+    """The CI-sized recipe run once per session, as a user runs it (native caller env)."""
+    out = tmp_path_factory.mktemp("ci") / "run"
+    t0 = time.time()
+    p = run_ci_recipe(out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out, p, time.time() - t0
 
 
 def open_sandbox_or_skip(backend: str):
