@@ -82,8 +82,12 @@ def test_fork_bomb_is_contained(sandbox):
 
 
 def test_memory_bomb_is_contained(sandbox):
-    out = _attack(sandbox, "x = []\nwhile True:\n    x.append(bytearray(16 << 20))\n")
-    assert out.status == "memory"
+    # Generous time limits: the memory limit must be what stops the bomb, even on a loaded
+    # machine where zeroing ~0.5 GiB of pages takes longer than the usual 3 s wall limit
+    # (seen once: `timeout` instead of `memory` while other jobs ran).
+    slow_ok = LIMITS.model_copy(update={"wall_time_s": 60.0, "cpu_time_s": 30.0})
+    out = _attack(sandbox, "x = []\nwhile True:\n    x.append(bytearray(16 << 20))\n", limits=slow_ok)
+    assert out.status == "memory", (out.status, out.details)
 
 
 def test_disk_fill_is_contained(sandbox):

@@ -657,8 +657,12 @@ class Engine:
             d.mkdir(parents=True, exist_ok=True)
             adapter.model.save_pretrained(d, state_dict=sub, safe_serialization=True)
             adapter.tokenizer.save_pretrained(d)
+            from dllm_bench.determinism import report
+
             meta = adapter.sidecar()
-            meta["training"] = training
+            det = report()
+            meta["training"] = {**training, "determinism": {k: det[k] for k in ("mode", "pinned",
+                                                                                "aten_cpu_capability")}}
             (d / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         self.accelerator.wait_for_everyone()
         return Path(directory)
