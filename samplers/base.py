@@ -270,7 +270,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                   generators: Sequence[torch.Generator] | None = None,
-                  banned: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  banned: int | None = None, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate tokens and their confidence (module docstring, steps 1-4).
 
     Args:
@@ -278,6 +278,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
         generators: one per row (required when ``temperature > 0``).
         banned: a token id never proposed (the ``[MASK]`` id: its logit is set to -inf
             before filtering, so confidences are renormalised without it).
+        active: ``[b]`` bool; rows that are not active draw nothing from their generator
+            (their candidates are the argmax and unused), so a sequence's draws do not
+            depend on how long it rides along in a batch.
 
     Returns:
         ``(x0 [b, n] long, confidence [b, n] float32)``.
@@ -291,8 +294,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
         if generators is None or len(generators) != probs.shape[0]:
             raise ValueError("sampling with temperature > 0 needs one generator per row")
         b, n, V = probs.shape
+        act = [True] * b if active is None else active.tolist()
         x0 = torch.stack([torch.multinomial(probs[i].reshape(n, V), 1, generator=generators[i]).squeeze(-1)
-                          for i in range(b)])
+                          if act[i] else probs[i].argmax(-1) for i in range(b)])
     conf = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     return x0, conf
 
@@ -311,7 +315,8 @@ def step_quotas(block_size: int, steps: int) -> list[int]:
 def select_unmask(conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor, *,
                   threshold: float | None = None, remasking: str = "low_confidence",
                   generators: Sequence[torch.Generator] | None = None, ranking: str = "stable",
-                  threshold_rule: str = "ge", layout: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
+                  threshold_rule: str = "ge", layout: Sequence[tuple[int, int]] | None = None,
+                  active: torch.Tensor | None = None) -> torch.Tensor:
     """Which masked positions to unmask at this step.
 
     Args:
@@ -324,7 +329,7 @@ def select_unmask(conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor,
         threshold: dynamic decoding: also unmask every masked position whose confidence passes
             ``threshold`` (None = static).
         remasking: ``low_confidence`` (rank by conf) | ``random`` (rank by a uniform draw).
-        generators: per-row generators (``random`` remasking).
+        generators: per-row generators (``random`` remasking; rows not ``active`` draw nothing).
         ranking: ``topk`` — ``torch.topk`` on each row's 1-D score vector (the references'
             operation and tie order); ``stable`` — stable descending sort, leftmost first.
         threshold_rule: ``gt`` (``conf > threshold``, SDAR) | ``ge`` (``conf >= threshold``,
@@ -344,7 +349,9 @@ def select_unmask(conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor,
     if remasking == "random":
         if generators is None:
             raise ValueError("random remasking needs per-row generators")
-        score = torch.stack([torch.rand(n, generator=g, device=g.device) for g in generators]).to(conf.device)
+        act = [True] * b if active is None else active.tolist()
+        score = torch.stack([torch.rand(n, generator=g, device=g.device) if act[i] else
+                             torch.zeros(n, device=g.device) for i, g in enumerate(generators)]).to(conf.device)
     elif remasking == "low_confidence":
         score = conf.float()
     else:
@@ -621,10 +628,12 @@ class DiffusionBatch:
         ``layout`` as in :func:`select_unmask`.
         """
         cfg = self.cfg
-        x0, conf = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, self.gens, banned=self.mask_id)
+        x0, conf = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, self.gens, banned=self.mask_id,
+                                 active=active)
         q = torch.full((self.x.shape[0],), quota, dtype=torch.long, device=self.x.device)
         sel = select_unmask(conf, masked, q, threshold=threshold, remasking=cfg.remasking, generators=self.gens,
-                            ranking=getattr(cfg, "ranking", "stable"), threshold_rule=threshold_rule, layout=layout)
+                            ranking=getattr(cfg, "ranking", "stable"), threshold_rule=threshold_rule, layout=layout,
+                            active=active)
         if force_first:
             first = masked & (masked.long().cumsum(-1) == 1)
             sel |= first
