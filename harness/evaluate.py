@@ -67,9 +67,11 @@ def _build_sampler(name: str, sampler_args: dict[str, Any], adapter: Any):
 
     cls = registry.load("samplers", name)
     args = dict(sampler_args)
-    if "block_size" in getattr(cls.Config, "model_fields", {}) and args.get("block_size") is None \
-            and adapter.block_size is not None:
+    fields = getattr(cls.Config, "model_fields", {})
+    if "block_size" in fields and args.get("block_size") is None and adapter.block_size is not None:
         args["block_size"] = adapter.block_size
+    if "block_alignment" in fields and args.get("block_alignment") is None:
+        args["block_alignment"] = getattr(adapter, "block_alignment", "response")  # recorded in the key
     obj = registry.create("samplers", name, args, source="--sampler-arg")
     if hasattr(obj, "check_model"):
         obj.check_model(adapter)
@@ -241,7 +243,8 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
     metrics = {k: Metric(**v) for k, v in task_obj.aggregate(verdicts).items()} if verdicts else {}
     meter = CostMeter(peak_memory_mb=_peak_memory_mb(adapter.device))
     for r in records:
-        meter.add(r.cost.get("nfe", 0), r.cost.get("generated_tokens", 0), r.cost.get("wall_s", 0.0))
+        meter.add(r.cost.get("nfe", 0), r.cost.get("generated_tokens", 0), r.cost.get("wall_s", 0.0),
+                  r.cost.get("forward_calls"))
     n_done = len(records)
     state = "complete" if n_done == len(items) else ("failed" if n_done == 0 else "partial")
     sha, dirty = git_info()

@@ -245,6 +245,11 @@ class ModelAdapter:
         config_sha256 / weights_sha256: identity of built / loaded weights (entry ``repro``).
         training: trainer metadata carried in the sidecar (None for base models).
         attn_backend: the transformers attention implementation in use (``sdpa`` default).
+        block_alignment: where this model's blocks start (:mod:`dllm_bench.blocks`):
+            ``absolute`` for released SDAR / TraDo checkpoints (their reference decoder counts
+            blocks from sequence position 0), ``response`` for models the harness builds and
+            trains (and the default for everything else); block samplers use it when their
+            ``block_alignment`` is None.
     """
 
     model: Any
@@ -260,6 +265,7 @@ class ModelAdapter:
     weights_sha256: str | None = None
     training: dict[str, Any] | None = None
     attn_backend: str = "sdpa"
+    block_alignment: str = "response"
     gguf_file: str | None = None
     """Path of the GGUF file the weights came from (None otherwise)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -482,6 +488,7 @@ class ModelAdapter:
             "mask_token": mask,
             "mask_token_id": self.mask_token_id,
             "logits_shift": self.logits_shift,
+            "block_alignment": self.block_alignment,
             "eos_token_ids": list(self.eos_token_ids),
             "base": self.extra.get("base", self.spec),
             "base_config_sha256": self.config_sha256,
@@ -796,6 +803,10 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
                       block_size=block, logits_shift=shift, config_sha256=sidecar.get("base_config_sha256"),
                       weights_sha256=wsha, training=sidecar.get("training"),
                       gguf_file=gguf_path, extra={"base": sidecar.get("base", spec), "source_dir": src})
+    # a released block-diffusion checkpoint (SDAR / TraDo, no sidecar) decodes with blocks counted from
+    # sequence position 0, as its reference generate.py does; our own checkpoints record theirs
+    ad.block_alignment = sidecar.get("block_alignment") or ("absolute" if family == "block-diffusion" and not sidecar
+                                                            else "response")
     ad.attn_backend = getattr(model.config, "_attn_implementation", None) or "sdpa"
     ad.set_attn_backend(attn)
     return ad

@@ -159,7 +159,12 @@ class Metric(StrictModel):
 
 
 class Cost(StrictModel):
-    nfe: int = Field(description="Model forward calls (number of function evaluations)")
+    nfe: int = Field(description="Number of function evaluations: per sample, the forwards that denoised that "
+                     "sample (a batched forward counts for a row only while the row's current block has masks), "
+                     "summed over samples")
+    forward_calls: float | None = Field(None, description="Model forward calls actually run (prefill, commit and "
+                                        "denoise forwards of every batch), summed over generate calls; None when "
+                                        "the sampler does not count them")
     generated_tokens: int
     tokens_per_forward: float = Field(description="generated_tokens / nfe (per sequence)")
     wall_s: float = Field(description="Wall-clock seconds of generation")

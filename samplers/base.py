@@ -13,21 +13,39 @@ position gets a candidate token ``x0`` and a confidence ``c``:
 The ``[MASK]`` token is never proposed (its logit is -inf before step 1).
 
 This is the rule of dLLM-RL's ``block_diffusion_generate`` and JetEngine
-(dllm-algorithms.md §2.1). Consequence (§8.1): with ``top_k == 1`` every confidence is 1.0,
-so a dynamic sampler unmasks the whole block in one step and a static sampler's order is
-left-to-right (ties are broken by position: the sort is stable). Entries therefore record
-``top_k`` next to the strategy (it is part of every sampler's config, hence of the key).
+(dllm-algorithms.md §2.1), except that the references also propose ``[MASK]`` (a recorded
+difference: a proposed ``[MASK]`` would leave the position masked, and the reference's step
+loop would then run out of quota). Consequence (§8.1): with ``top_k == 1`` every
+confidence is 1.0, so a dynamic sampler unmasks the whole block in one step and a static
+sampler's order is the tie order of the ranking. Entries therefore record ``top_k`` next to
+the strategy (it is part of every sampler's config, hence of the key).
+
+**Ranking** (``ranking``): ``topk`` (default) ranks each row with ``torch.topk`` exactly as
+the references do (dLLM-RL ``generate.py`` l. 169-171 at 10b4fd1; Fast-dLLM
+``llada/generate.py::get_transfer_index`` and ``dream/model/generation_utils_block.py`` at
+24cc59e), on a vector laid out as theirs, so ties (e.g. every confidence 1.0 with
+``top_k = 1``) fall in the same order on the same device; the order among exact ties is
+then the device's ``torch.topk`` order (on CPU, positions 2, 1, 3, 0 of a 4-block).
+``stable``: a stable sort, leftmost first among ties, the same on every device.
 
 **Remasking.** ``low_confidence``: among masked positions, unmask those with the highest
 confidence; ``random``: rank masked positions by a uniform random score instead
 (LLaDA's ``random`` remasking). Static: exactly the step quota per step (the block size
 split evenly over the denoising steps, the remainder going to the early steps).
-Dynamic: every masked position with confidence >= ``confidence_threshold``, and at least
-the static quota (top by score) — dLLM-RL ``low_confidence_dynamic``.
+Dynamic: every masked position whose confidence passes ``confidence_threshold``, and at
+least the static quota (top by score) — dLLM-RL ``low_confidence_dynamic``. How the
+threshold is compared is the reference's: strictly (``>``, SDAR / dLLM-RL ``generate.py``
+l. 177) for the block samplers, ``>=`` (Fast-dLLM keeps a candidate unless it is ``<`` the
+threshold) for full-diffusion; ``threshold_rule`` records it.
 
-**Cost accounting.** NFE = model forward calls. A sequence's ``nfe`` counts the forwards
-of its batch while it was in the batch (prefill, denoise and commit forwards for block
-diffusion; every decode step for AR). The entry's ``cost.nfe`` is the sum over samples;
+**Cost accounting.** A sequence's ``nfe`` counts the forwards that denoise *that*
+sequence, as the references count them per sequence (dllm-algorithms.md §10.1): a
+diffusion forward counts for a row only while that row's current block still holds
+``[MASK]`` tokens (prefill and commit forwards, which only write K/V, and forwards in which
+a finished row rides along in the batch do not count); for AR every decode step of the
+sequence. ``forward_calls`` is the batch's total of model calls (prefill, commit and
+denoise forwards included), shared equally among the batch's rows so that it sums to the
+true number of calls. The entry's ``cost.nfe`` is the sum over samples;
 ``tokens_per_forward = generated_tokens / nfe`` is per sequence; ``tokens_per_s =
 generated_tokens / wall_s`` with ``wall_s`` the summed wall time of the generate calls.
 """
@@ -73,6 +91,9 @@ class DiffusionConfig(SamplingConfig):
                                         "None = B (one token per step); values above B are clamped to B")
     remasking: Literal["low_confidence", "random"] = Field(
         "low_confidence", description="Which masked positions to unmask first: highest confidence, or random")
+    ranking: Literal["topk", "stable"] = Field(
+        "topk", description="How positions are ranked: topk = torch.topk per row exactly as the reference code "
+        "(same tie order on the same device); stable = stable sort, leftmost first among ties (device-independent)")
 
     @model_validator(mode="after")
     def _steps_le_block(self):
@@ -113,12 +134,15 @@ class Trajectory:
         steps: the commits, in step order.
         block_size: B used.
         denoise_steps: total denoise steps of this sequence (= max(step_map)).
+        block_alignment: ``response`` | ``absolute`` (:mod:`dllm_bench.blocks`) — where the
+            blocks of this decode started; trainers refuse a trajectory of another alignment.
     """
 
     step_map: list[int]
     steps: list[StepCommit]
     block_size: int
     denoise_steps: int
+    block_alignment: str = "response"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,8 +157,10 @@ class Generation:
             string, or the first ``max_new_tokens``.
         text: decoded response without EOS / special tokens, cut before a stop string.
         finish_reason: ``eos`` | ``stop`` | ``length``.
-        nfe: forward calls this sequence took part in.
+        nfe: forwards that denoised this sequence (module docstring, "Cost accounting").
         wall_s: this sequence's share of the batch's wall seconds (batch wall / batch size).
+        forward_calls: this sequence's share of the batch's model calls (batch calls / batch
+            size); None when the sampler does not count them.
         raw_token_ids: every token decoded for this sequence (whole blocks for block samplers;
             ``step_map`` is aligned with it).
         trajectory: recorded when ``record_trajectory=True`` (diffusion samplers).
@@ -149,14 +175,19 @@ class Generation:
     raw_token_ids: list[int] = field(default_factory=list)
     trajectory: Trajectory | None = None
     seed: int | None = None
+    forward_calls: float | None = None
 
     @property
     def generated_tokens(self) -> int:
         return len(self.token_ids)
 
     def cost(self) -> dict[str, float]:
-        """Per-sample cost for :class:`dllm_bench.schema.SampleRecord`: nfe, generated_tokens, wall_s."""
-        return {"nfe": float(self.nfe), "generated_tokens": float(self.generated_tokens), "wall_s": self.wall_s}
+        """Per-sample cost for :class:`dllm_bench.schema.SampleRecord`: nfe, generated_tokens, wall_s
+        and, when counted, forward_calls."""
+        out = {"nfe": float(self.nfe), "generated_tokens": float(self.generated_tokens), "wall_s": self.wall_s}
+        if self.forward_calls is not None:
+            out["forward_calls"] = float(self.forward_calls)
+        return out
 
 
 @dataclass
@@ -167,15 +198,19 @@ class CostMeter:
     generated_tokens: int = 0
     wall_s: float = 0.0
     peak_memory_mb: float | None = None
+    forward_calls: float | None = None
 
-    def add(self, nfe: float, generated_tokens: float, wall_s: float) -> None:
+    def add(self, nfe: float, generated_tokens: float, wall_s: float, forward_calls: float | None = None) -> None:
         self.nfe += int(nfe)
         self.generated_tokens += int(generated_tokens)
         self.wall_s += float(wall_s)
+        if forward_calls is not None:
+            self.forward_calls = (self.forward_calls or 0.0) + float(forward_calls)
 
     def to_cost(self) -> dict[str, Any]:
         return {
             "nfe": self.nfe,
+            "forward_calls": round(self.forward_calls, 6) if self.forward_calls is not None else None,
             "generated_tokens": self.generated_tokens,
             "tokens_per_forward": self.generated_tokens / self.nfe if self.nfe else 0.0,
             "wall_s": self.wall_s,
@@ -235,7 +270,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                   generators: Sequence[torch.Generator] | None = None,
-                  banned: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  banned: int | None = None, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate tokens and their confidence (module docstring, steps 1-4).
 
     Args:
@@ -243,6 +278,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
         generators: one per row (required when ``temperature > 0``).
         banned: a token id never proposed (the ``[MASK]`` id: its logit is set to -inf
             before filtering, so confidences are renormalised without it).
+        active: ``[b]`` bool; rows that are not active draw nothing from their generator
+            (their candidates are the argmax and unused), so a sequence's draws do not
+            depend on how long it rides along in a batch.
 
     Returns:
         ``(x0 [b, n] long, confidence [b, n] float32)``.
@@ -256,8 +294,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
         if generators is None or len(generators) != probs.shape[0]:
             raise ValueError("sampling with temperature > 0 needs one generator per row")
         b, n, V = probs.shape
+        act = [True] * b if active is None else active.tolist()
         x0 = torch.stack([torch.multinomial(probs[i].reshape(n, V), 1, generator=generators[i]).squeeze(-1)
-                          for i in range(b)])
+                          if act[i] else probs[i].argmax(-1) for i in range(b)])
     conf = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     return x0, conf
 
@@ -275,37 +314,77 @@ def step_quotas(block_size: int, steps: int) -> list[int]:
 
 def select_unmask(conf: torch.Tensor, masked: torch.Tensor, quota: torch.Tensor, *,
                   threshold: float | None = None, remasking: str = "low_confidence",
-                  generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+                  generators: Sequence[torch.Generator] | None = None, ranking: str = "stable",
+                  threshold_rule: str = "ge", layout: Sequence[tuple[int, int]] | None = None,
+                  active: torch.Tensor | None = None) -> torch.Tensor:
     """Which masked positions to unmask at this step.
 
     Args:
         conf: ``[b, n]`` confidence of the candidate tokens.
         masked: ``[b, n]`` bool, True where still masked.
-        quota: ``[b]`` long, the static quota per row (clamped to the masked count).
-        threshold: dynamic decoding: also unmask every masked position with
-            ``conf >= threshold`` (None = static).
+        quota: ``[b]`` long, the static quota per row. ``topk`` ranking asks ``torch.topk`` for
+            exactly this many (as the references do), then keeps only masked positions (the
+            references' defect of overwriting an unmasked position when the quota exceeds the
+            masked count is not reproduced); ``stable`` clamps it to the masked count.
+        threshold: dynamic decoding: also unmask every masked position whose confidence passes
+            ``threshold`` (None = static).
         remasking: ``low_confidence`` (rank by conf) | ``random`` (rank by a uniform draw).
-        generators: per-row generators (``random`` remasking).
+        generators: per-row generators (``random`` remasking; rows not ``active`` draw nothing).
+        ranking: ``topk`` — ``torch.topk`` on each row's 1-D score vector (the references'
+            operation and tie order); ``stable`` — stable descending sort, leftmost first.
+        threshold_rule: ``gt`` (``conf > threshold``, SDAR) | ``ge`` (``conf >= threshold``,
+            Fast-dLLM).
+        layout: ``topk`` only: per row ``(width, offset)``: the row's ``n`` scores are placed at
+            ``[offset, offset + n)`` of a ``-inf`` vector of length ``width`` before ranking, to
+            rank exactly the vector the reference ranks (e.g. LLaDA's whole sequence).
 
     Returns:
-        ``[b, n]`` bool. Ties in the ranking are broken by position (leftmost first).
+        ``[b, n]`` bool.
+
+    Raises:
+        ValueError: unknown ``remasking`` / ``ranking`` / ``threshold_rule``; random remasking
+            without generators.
     """
     b, n = conf.shape
     if remasking == "random":
         if generators is None:
             raise ValueError("random remasking needs per-row generators")
-        score = torch.stack([torch.rand(n, generator=g, device=g.device) for g in generators]).to(conf.device)
+        act = [True] * b if active is None else active.tolist()
+        score = torch.stack([torch.rand(n, generator=g, device=g.device) if act[i] else
+                             torch.zeros(n, device=g.device) for i, g in enumerate(generators)]).to(conf.device)
     elif remasking == "low_confidence":
         score = conf.float()
     else:
         raise ValueError(f"unknown remasking {remasking!r}")
+    if threshold_rule not in ("gt", "ge"):
+        raise ValueError(f"unknown threshold_rule {threshold_rule!r}")
     score = score.masked_fill(~masked, float("-inf"))
-    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=conf.device).expand(b, n))
-    quota = torch.minimum(quota.to(conf.device), masked.sum(-1))
-    sel = (rank < quota[:, None]) & masked
+    if ranking == "topk":
+        sel = torch.zeros_like(masked)
+        q = quota.tolist()
+        for i in range(b):
+            k = min(int(q[i]), n if layout is None else layout[i][0])
+            if k <= 0:
+                continue
+            row = score[i]
+            off = 0
+            if layout is not None:
+                width, off = layout[i]
+                row = torch.full((width,), float("-inf"), dtype=score.dtype, device=score.device)
+                row[off:off + n] = score[i]
+            idx = torch.topk(row, k).indices - off
+            idx = idx[(idx >= 0) & (idx < n)]
+            sel[i, idx] = True
+        sel &= masked
+    elif ranking == "stable":
+        order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=conf.device).expand(b, n))
+        quota = torch.minimum(quota.to(conf.device), masked.sum(-1))
+        sel = (rank < quota[:, None]) & masked
+    else:
+        raise ValueError(f"unknown ranking {ranking!r}")
     if threshold is not None:
-        sel |= masked & (conf >= threshold)
+        sel |= masked & ((conf > threshold) if threshold_rule == "gt" else (conf >= threshold))
     return sel
 
 
@@ -422,14 +501,26 @@ class RowBook:
         self.commits: list[list[StepCommit]] = [[] for _ in range(n)]
         self.record = record
         self.decoded = [0] * n  # response slots decoded (whole blocks)
+        self.calls = [0.0] * n  # share of the batch's model calls
+        self.batch_calls = 0
 
-    def forward(self, rows: Sequence[int]) -> None:
-        """One forward call over a batch holding ``rows``."""
-        for r in rows:
-            self.nfe[r] += 1
+    def forward(self, rows: Sequence[int], active: torch.Tensor | None = None) -> None:
+        """One model call over a batch holding ``rows``.
+
+        ``active`` (``[b]`` bool): the rows this forward denoises (their current block still
+        has masks); their NFE grows. None: a prefill / commit forward, which denoises nobody.
+        Every row gets its share of the call in ``calls``.
+        """
+        self.batch_calls += 1
+        share = 1.0 / max(1, len(rows))
+        act = active.tolist() if active is not None else [False] * len(rows)
+        for i, r in enumerate(rows):
+            self.calls[r] += share
+            if act[i]:
+                self.nfe[r] += 1
 
     def commit(self, rows: Sequence[int], active: torch.Tensor, sel: torch.Tensor, x0: torch.Tensor,
-               conf: torch.Tensor, block: int, offset: int) -> None:
+               conf: torch.Tensor, block: int, offset: int | Sequence[int]) -> None:
         """Record one denoise step.
 
         Args:
@@ -437,9 +528,11 @@ class RowBook:
             active: ``[b]`` bool, rows that still had masks in this block (their step counter advances).
             sel: ``[b, n]`` bool, positions unmasked now.
             x0, conf: ``[b, n]`` the committed tokens and confidences.
-            block: block index; ``offset``: response offset of column 0 of ``sel``.
+            block: block index; ``offset``: response offset of column 0 of ``sel`` (one per
+                batch row when rows differ, e.g. absolute block alignment).
         """
         act = active.tolist()
+        offs = [offset] * len(rows) if isinstance(offset, int) else list(offset)
         sel_c, x0_c, conf_c = sel.cpu(), x0.cpu(), conf.float().cpu()
         for i, r in enumerate(rows):
             if not act[i]:
@@ -447,9 +540,9 @@ class RowBook:
             self.steps[r] += 1
             cols = torch.nonzero(sel_c[i], as_tuple=False).flatten().tolist()
             for c in cols:
-                self.step_map[r][offset + c] = self.steps[r]
+                self.step_map[r][offs[i] + c] = self.steps[r]
             if self.record and cols:
-                self.commits[r].append(StepCommit(self.steps[r], block, [offset + c for c in cols],
+                self.commits[r].append(StepCommit(self.steps[r], block, [offs[i] + c for c in cols],
                                                   x0_c[i, cols].tolist(), [round(v, 6) for v in conf_c[i, cols].tolist()]))
 
     def trajectory(self, r: int, block_size: int) -> Trajectory:
@@ -461,31 +554,50 @@ class RowBook:
 class DiffusionBatch:
     """The state of one batched masked-diffusion decode (shared by block and full samplers).
 
-    Layout (:mod:`dllm_bench.blocks`): ``x`` ``[b, P + L]`` = left-padded prompts (P a
-    multiple of B) followed by ``L = ceil(max_new_tokens / B) * B`` ``[MASK]`` tokens;
-    ``valid`` ``[b, P + L]`` (False on pads), ``pos`` ``[b, P + L]`` position ids skipping pads,
-    ``kv_start`` ``[b]`` pads per row. Response block ``k`` is columns ``[P + kB, P + (k+1)B)``.
-    Rows leave the batch after the block in which they finish (:meth:`end_block`); ``rows``
-    maps batch rows to prompt indices.
+    Layout (:mod:`dllm_bench.blocks`, ``alignment``): ``x`` ``[b, P + L]`` = left-padded
+    prompts followed by ``[MASK]`` tokens, ``L = n_blocks * B``. With ``response`` alignment
+    every prompt ends at column P (a multiple of B) and ``L = ceil(max_new_tokens / B) * B``;
+    with ``absolute`` alignment row i's prompt tail (``n_i mod B`` tokens) occupies the start
+    of the first decoded block ``[P, P + B)`` and the row decodes ``ceil((tail_i +
+    max_new_tokens) / B)`` blocks (the reference's ``ceil((n_i + gen_length) / B)`` blocks
+    minus its full prompt blocks). ``valid`` ``[b, P + L]`` (False on pads), ``pos``
+    ``[b, P + L]`` position ids skipping pads, ``kv_start`` ``[b]`` pads per row,
+    ``resp_start`` ``[b]`` the column of each row's first response token. Block ``k`` is
+    columns ``[P + kB, P + (k+1)B)`` for every row. Rows leave the batch after their last
+    block or the block in which they finish (:meth:`end_block`); ``rows`` maps batch rows
+    to prompt indices.
     """
 
     def __init__(self, model: Any, prompts: Sequence[Sequence[int]], block_size: int, cfg: Any,
-                 seeds: Sequence[int], record: bool):
-        from dllm_bench.blocks import left_pad_prompts, response_position_ids
+                 seeds: Sequence[int], record: bool, alignment: str = "response"):
+        from dllm_bench.blocks import left_pad_prompts
 
         dev = model.device
-        self.model, self.cfg, self.B = model, cfg, block_size
+        self.model, self.cfg, self.B, self.alignment = model, cfg, block_size, alignment
         self.mask_id = model.mask_token_id
-        pb = left_pad_prompts(prompts, block_size, model.pad_token_id, dev)
-        self.P = P = pb.padded_len
-        self.n_blocks = n_blocks(cfg.max_new_tokens, block_size)
+        pb = left_pad_prompts(prompts, block_size, model.pad_token_id, dev, alignment)
+        self.P = P = pb.prefix_len
+        self.tails = list(pb.tail_lens)
+        G = cfg.max_new_tokens
+        self.row_blocks = [n_blocks(t + G, block_size) for t in self.tails]
+        self.n_blocks = max(self.row_blocks)
         L = self.n_blocks * block_size
         b = len(prompts)
+        W = pb.input_ids.shape[1]
         self.x = torch.full((b, P + L), self.mask_id, dtype=torch.long, device=dev)
-        self.x[:, :P] = pb.input_ids
-        self.valid = torch.cat([pb.valid, torch.ones(b, L, dtype=torch.bool, device=dev)], dim=1)
-        self.pos = torch.cat([pb.position_ids, response_position_ids(pb.prompt_lens, L, dev)], dim=1)
-        self.kv_start = (P - torch.as_tensor(pb.prompt_lens, device=dev)).long()
+        self.valid = torch.ones(b, P + L, dtype=torch.bool, device=dev)
+        self.pos = torch.zeros(b, P + L, dtype=torch.long, device=dev)
+        lens = torch.as_tensor(pb.prompt_lens, device=dev)
+        tails = torch.as_tensor(self.tails, device=dev)
+        self.resp_start = (P + tails).long()
+        col = torch.arange(P + L, device=dev)
+        in_prompt = col[None, :W] < self.resp_start[:, None]
+        self.x[:, :W] = torch.where(in_prompt, pb.input_ids, self.x[:, :W])
+        self.valid[:, :W] = pb.valid | ~in_prompt
+        self.pos[:, :W] = pb.position_ids
+        resp = col[None, :] - self.resp_start[:, None] + lens[:, None]  # response positions continue the prompt
+        self.pos = torch.where(col[None, :] >= self.resp_start[:, None], resp, self.pos)
+        self.kv_start = (self.resp_start - lens).long()
         self.rows = list(range(b))
         self.gens = make_generators(seeds, dev) if (cfg.temperature > 0 or cfg.remasking == "random") else None
         self.book = RowBook(b, L, record)
@@ -493,8 +605,12 @@ class DiffusionBatch:
         self.cache: Any = None
 
     def block(self, k: int) -> tuple[int, int]:
-        """Columns ``[s, e)`` of response block ``k``."""
+        """Columns ``[s, e)`` of decoded block ``k``."""
         return self.P + k * self.B, self.P + (k + 1) * self.B
+
+    def offsets(self, s: int) -> list[int]:
+        """Per batch row, the response offset of column ``s``."""
+        return (s - self.resp_start).tolist()
 
     def masked(self, s: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(masked [b, e-s] bool, active [b] bool)`` for columns ``[s, e)``."""
@@ -502,33 +618,47 @@ class DiffusionBatch:
         return m, m.any(dim=1)
 
     def denoise(self, logits: torch.Tensor, s: int, e: int, quota: int, k: int, threshold: float | None,
-                masked: torch.Tensor, active: torch.Tensor) -> None:
+                masked: torch.Tensor, active: torch.Tensor, *, threshold_rule: str = "ge",
+                layout: Sequence[tuple[int, int]] | None = None, force_first: bool = False) -> None:
         """One denoise step on block ``k`` from its logits ``[b, e-s, V]``: sample candidates,
-        unmask per the strategy, record the step (the forward must already be counted)."""
+        unmask per the strategy, record the step (the forward must already be counted).
+
+        ``force_first``: also unmask each row's first masked position of the block whatever
+        its confidence (Dream's rule at a block's first forward). ``threshold_rule`` and
+        ``layout`` as in :func:`select_unmask`.
+        """
         cfg = self.cfg
-        x0, conf = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, self.gens, banned=self.mask_id)
+        x0, conf = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, self.gens, banned=self.mask_id,
+                                 active=active)
         q = torch.full((self.x.shape[0],), quota, dtype=torch.long, device=self.x.device)
-        sel = select_unmask(conf, masked, q, threshold=threshold, remasking=cfg.remasking, generators=self.gens)
+        sel = select_unmask(conf, masked, q, threshold=threshold, remasking=cfg.remasking, generators=self.gens,
+                            ranking=getattr(cfg, "ranking", "stable"), threshold_rule=threshold_rule, layout=layout,
+                            active=active)
+        if force_first:
+            first = masked & (masked.long().cumsum(-1) == 1)
+            sel |= first
         self.x[:, s:e] = torch.where(sel, x0, self.x[:, s:e])
-        self.book.commit(self.rows, active, sel, x0, conf, k, k * self.B)
+        self.book.commit(self.rows, active, sel, x0, conf, k, self.offsets(s))
 
     def end_block(self, k: int) -> bool:
-        """After block ``k``: retire rows that are done (EOS, stop string, last block) and drop
-        them from the batch (and the cache). Returns False when no row goes on."""
+        """After block ``k``: retire rows that are done (EOS, stop string, their last block) and
+        drop them from the batch (and the cache). Returns False when no row goes on."""
         _, e = self.block(k)
-        resp = self.x[:, self.P:e].tolist()
         keep = []
-        last = k == self.n_blocks - 1
         m = self.model
+        starts = self.resp_start.tolist()
         for i, r in enumerate(self.rows):
-            self.book.decoded[r] = len(resp[i])
-            if last or hit_stop(resp[i], tokenizer=m.tokenizer, eos_ids=m.eos_token_ids, stop=self.cfg.stop):
-                self.raw[r] = resp[i]
+            resp = self.x[i, starts[i]:e].tolist()
+            self.book.decoded[r] = len(resp)
+            if k >= self.row_blocks[r] - 1 or hit_stop(resp, tokenizer=m.tokenizer, eos_ids=m.eos_token_ids,
+                                                       stop=self.cfg.stop):
+                self.raw[r] = resp
             else:
                 keep.append(i)
         if keep and len(keep) < len(self.rows):
             idx = torch.as_tensor(keep, dtype=torch.long, device=self.x.device)
             self.x, self.valid, self.pos, self.kv_start = self.x[idx], self.valid[idx], self.pos[idx], self.kv_start[idx]
+            self.resp_start = self.resp_start[idx]
             if self.cache is not None:
                 self.cache.select(idx)
             if self.gens is not None:
@@ -548,5 +678,5 @@ def diffusion_generations(model: Any, cfg: Any, st: DiffusionBatch, seeds: list[
                                    max_new_tokens=cfg.max_new_tokens)
         out.append(Generation(token_ids=ids, text=text, finish_reason=reason, nfe=book.nfe[r], wall_s=share,
                               raw_token_ids=raw[r], trajectory=book.trajectory(r, block_size) if record else None,
-                              seed=seeds[r]))
+                              seed=seeds[r], forward_calls=round(book.calls[r], 6)))
     return out

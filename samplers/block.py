@@ -2,15 +2,23 @@
 
 Decoding (dllm-algorithms.md §2.1, §2.2, §1.2), for a batch of prompts:
 
-1. Prompts are left-padded to a multiple of the block size B (:mod:`dllm_bench.blocks`:
-   the response starts on a block boundary; pads are never attended to; position ids skip
-   pads). The response is ``ceil(max_new_tokens / B)`` blocks of B ``[MASK]`` tokens.
+1. Prompts are left-padded by the block alignment (:mod:`dllm_bench.blocks`):
+   ``response`` — to a multiple of the block size B, the response starts on a block
+   boundary and is ``ceil(max_new_tokens / B)`` blocks of B ``[MASK]`` tokens; ``absolute``
+   — blocks counted from sequence position 0 as SDAR / TraDo's reference ``generate.py``
+   does, the prompt's tail sharing the first decoded block. Pads are never attended to;
+   position ids skip pads. ``block_alignment=None`` takes the model's convention
+   (:attr:`dllm_bench.models.ModelAdapter.block_alignment`: ``absolute`` for released SDAR /
+   TraDo checkpoints, ``response`` for models the harness trains).
 2. Blocks are decoded left to right. Each block takes up to ``denoising_steps`` (S) denoise
    forwards. At every step every masked position gets a candidate token and a confidence
    (:mod:`dllm_bench.samplers.base`); ``block-static`` unmasks exactly the step quota
-   (B split over S steps) of highest-confidence (or random) positions; ``block-dynamic``
-   unmasks every position with confidence >= ``confidence_threshold`` and at least the
-   quota, so a block may finish in fewer than S steps.
+   (B split over S steps) of highest-confidence (or random) positions, ranked with
+   ``torch.topk`` as the reference does (``ranking``); ``block-dynamic`` unmasks every
+   position with confidence strictly above ``confidence_threshold`` (reference
+   ``generate.py`` l. 177; ``threshold_rule``) and at least the quota, so a block may finish
+   in fewer than S steps. With the prompt's tail in the first block fewer positions are
+   masked there and the block finishes in fewer steps.
 3. Attention is block-causal: a token sees every earlier block and its own block
    bidirectionally.
 
@@ -48,7 +56,16 @@ EOS are not part of the response.
 **Trajectory.** Per generated token, the 1-based denoise step at which it was unmasked
 (the ``step_map``; prefill and commit forwards do not advance the step counter, and a
 sequence's counter advances only on forwards where its current block still had masks);
-per step the committed positions, tokens and confidences.
+per step the committed positions, tokens and confidences; the block alignment it was
+decoded under (trainers refuse trajectories of another alignment).
+
+**Reference.** Gen-Verse/dLLM-RL ``generate.py::block_diffusion_generate`` at commit
+10b4fd1 (adapted from JetAstra/SDAR), batch 1: with ``block_alignment=absolute``,
+``ranking=topk``, ``threshold_rule=gt`` and ``fuse_commit=False`` this sampler decodes the
+same tokens, step maps and per-sequence NFE as that function (tests/test_reference_parity.py,
+which restates it). Recorded differences: ``[MASK]`` is never proposed (the reference
+samples the full vocabulary); a quota larger than the masked count never overwrites a
+decoded position; greedy is ``temperature = 0`` (the reference divides by the temperature).
 """
 
 from __future__ import annotations
@@ -67,6 +84,14 @@ from .base import (DiffusionBatch, DiffusionConfig, Generation, SamplerBase, Tim
 class BlockStaticConfig(DiffusionConfig):
     """``block-static``: a fixed number of tokens per denoising step."""
 
+    block_alignment: Literal["absolute", "response"] | None = Field(
+        None, description="Where blocks start (dllm_bench.blocks): absolute = from sequence position 0, the "
+        "prompt's tail sharing the first decoded block (SDAR / TraDo reference); response = the response starts "
+        "on a block boundary (prompts left-padded to a multiple of B). None = the model's convention (the "
+        "evaluated value is recorded)")
+    threshold_rule: Literal["gt", "ge"] = Field("gt", description="Dynamic threshold comparison: gt = confidence "
+                                                "> threshold (SDAR reference), ge = >=")
+
     cache_mode: Literal["exact", "none"] = Field("exact", description="exact: prompt prefill + per-block commit "
                                                  "forward, denoise reads the cache without writing it; none: recompute")
     skip_commit_forward: bool = Field(False, description="Approximate: keep the last denoise forward's K/V instead "
@@ -80,8 +105,8 @@ class BlockDynamicConfig(BlockStaticConfig):
     """``block-dynamic``: unmask every token whose confidence reaches the threshold."""
 
     confidence_threshold: float = Field(0.9, ge=0.0, description="Unmask every masked token whose confidence "
-                                        "(probability after filtering) is >= this; at least the static quota per "
-                                        "step. Above 1: never reached, i.e. static decoding")
+                                        "(probability after filtering) passes this (threshold_rule: > by default); "
+                                        "at least the static quota per step. At or above 1: static decoding")
 
 
 class _BlockSampler(SamplerBase):
@@ -116,10 +141,15 @@ class _BlockSampler(SamplerBase):
         model.set_attn_backend(cfg.attention_backend)
         dev = model.device
         seeds = row_seeds(seed, len(prompts))
+        alignment = cfg.block_alignment or getattr(model, "block_alignment", "response")
         with torch.no_grad(), Timer(dev) as timer:
-            st = DiffusionBatch(model, prompts, B, cfg, seeds, record_trajectory)
+            st = DiffusionBatch(model, prompts, B, cfg, seeds, record_trajectory, alignment=alignment)
             self._decode(st, quotas, threshold)
-        return diffusion_generations(model, cfg, st, seeds, timer.seconds, record_trajectory)
+        gens = diffusion_generations(model, cfg, st, seeds, timer.seconds, record_trajectory)
+        for g in gens:
+            if g.trajectory is not None:
+                g.trajectory.block_alignment = alignment
+        return gens
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, st: DiffusionBatch, quotas: list[int], threshold: float | None) -> None:
@@ -140,7 +170,7 @@ class _BlockSampler(SamplerBase):
             model.forward(st.x[:, start:end], block_causal_mask(st.valid[:, :end], B, q_start=start,
                                                                  q_len=end - start),
                           st.pos[:, start:end], st.cache, logits_to_keep=1, block_attention=spec())
-            st.book.forward(st.rows)
+            st.book.forward(st.rows)  # writes K/V only: denoises nobody
             st.cache.commit(end)
 
         pending = None  # fused mode: first column whose clean K/V the next forward must write
@@ -148,8 +178,8 @@ class _BlockSampler(SamplerBase):
             st.cache = model.new_cache(len(st.rows), st.x.shape[1])
             if fuse:
                 pending = 0  # the prompt is written by block 0's first denoise forward
-            else:
-                write(0, P)  # prefill
+            elif P > 0:
+                write(0, P)  # prefill (the full prompt blocks; absolute alignment may have none)
         for k in range(st.n_blocks):
             s, e = st.block(k)
             for quota in quotas:
@@ -171,8 +201,8 @@ class _BlockSampler(SamplerBase):
                 else:
                     logits = model.forward(st.x[:, :e], block_causal_mask(st.valid[:, :e], B), st.pos[:, :e],
                                            logits_to_keep=B, block_attention=spec())
-                st.book.forward(st.rows)
-                st.denoise(logits, s, e, quota, k, threshold, masked, active)
+                st.book.forward(st.rows, active)
+                st.denoise(logits, s, e, quota, k, threshold, masked, active, threshold_rule=cfg.threshold_rule)
             if not st.end_block(k):  # retires finished rows (and drops them from the cache)
                 break
             if cached:  # the clean block's K/V, needed by the next block
@@ -195,7 +225,7 @@ class BLOCK_STATIC(_BlockSampler):
 
 
 class BLOCK_DYNAMIC(_BlockSampler):
-    """Block diffusion, dynamic: every token with confidence >= ``confidence_threshold``, at
+    """Block diffusion, dynamic: every token with confidence > ``confidence_threshold``, at
     least the static quota per step; exact KV cache by default. See the module docstring."""
 
     name = "block-dynamic"

@@ -7,9 +7,20 @@ is bidirectional over every real token (pads excluded; position ids skip pads; t
 is left-padded to a block multiple as for block models, :mod:`dllm_bench.blocks`).
 Blocks of B response positions are decoded left to right; inside a block each of the
 ``denoising_steps`` steps proposes tokens for the block's masked positions and unmasks
-the step quota (static) or every position with confidence >= ``confidence_threshold``
-and at least the quota (dynamic, when a threshold is set). Only the current block's masks
-are eligible. Confidence and remasking are those of :mod:`dllm_bench.samplers.base`.
+the step quota, ranked with ``torch.topk`` over the vector the reference ranks (static);
+with ``confidence_threshold`` set, every step unmasks the most confident masked position
+and every other whose confidence is ``>=`` the threshold, until the block is clean
+(Fast-dLLM ``llada/generate.py::get_transfer_index`` at 24cc59e). Only the current block's
+masks are eligible. Confidence and remasking are those of :mod:`dllm_bench.samplers.base`.
+
+**Dream's rule** (``commit_first_position``, on by default for AR-adapted models whose
+logits are shifted): at a block's first forward only the block's first position is
+unmasked, with its sampled token whatever its confidence; the block's other positions
+follow at the later steps (Fast-dLLM ``dream/model/generation_utils_block.py`` l. 456,
+dLLM-RL ``sample/dream_sample.py`` l. 202). Static decoding then spreads the block's other
+B - 1 positions over the remaining ``denoising_steps - 1`` steps (a recorded difference:
+the references' static Dream schedule, ``int(m (1 - s/t))`` tokens over linearly spaced
+timesteps ranked by negative entropy, is not reproduced).
 
 Cache modes (``cache_mode``):
 
@@ -35,9 +46,14 @@ the K/V from the block's first step. Exact statements (tested):
    next-token distributions are nearly flat): free-running token agreement with ``none``
    is reported by ``benchmarks/sampler_speed.py``, not asserted.
 
-Dream-style AR-adapted models (``logits_shift``: logits at i predict token i+1) are
-handled by reading the logits one position to the left (windows start one position
-earlier; the extra query re-computes that committed token's K/V).
+Dream-style AR-adapted models (``logits_shift``: logits at i predict token i+1): full
+forwards read the block's logits one position to the left. Cached windows start at the
+block, as Fast-dLLM's do (prefix: ``[s, T)`` over the prefix cache cut at s; dual:
+``[s, s + B)`` with the prefix and suffix cached, so the block's last position's K/V are
+recomputed at every step); inside a window, column c > s reads the window output at c - 1
+and column s its own output, which is never used because s is committed at the block's
+first forward. (With ``commit_first_position=false`` a shifted model's windows start one
+column left of the block instead.)
 """
 
 from __future__ import annotations
@@ -58,8 +74,16 @@ class FullDiffusionConfig(DiffusionConfig):
 
     cache_mode: Literal["none", "prefix", "dual"] = Field("none", description="none: exact full forwards; prefix / "
                                                            "dual: Fast-dLLM caches (approximate)")
-    confidence_threshold: float | None = Field(None, ge=0.0, description="Dynamic decoding: also unmask every "
-                                               "masked token with confidence >= this; None = static")
+    confidence_threshold: float | None = Field(None, ge=0.0, description="Threshold decoding (Fast-dLLM): at every "
+                                               "step unmask the most confident masked token and every other whose "
+                                               "confidence passes this, until the block is clean (denoising_steps "
+                                               "is then not used); None = static")
+    threshold_rule: Literal["gt", "ge"] = Field("ge", description="Threshold comparison: ge = confidence >= "
+                                                "threshold (Fast-dLLM keeps a candidate unless it is below), gt = >")
+    commit_first_position: bool | None = Field(
+        None, description="Dream's rule: at a block's first forward unmask only the block's first position, with "
+        "its sampled token whatever its confidence (Fast-dLLM dream/model/generation_utils_block.py l. 456, "
+        "dLLM-RL sample/dream_sample.py l. 202); None = on for AR-adapted models whose logits are shifted (Dream)")
 
 
 def _full_mask(valid: torch.Tensor, q_start: int, q_len: int, k_len: int) -> torch.Tensor:
@@ -108,14 +132,25 @@ class FULL_DIFFUSION(SamplerBase):
     def _decode(self, st: DiffusionBatch, quotas: list[int]) -> None:
         cfg, model, B = self.config, st.model, st.B
         shift = 1 if model.logits_shift else 0
+        first_rule = cfg.commit_first_position if cfg.commit_first_position is not None else bool(shift)
         T = st.x.shape[1]
         mode = cfg.cache_mode
+        threshold = cfg.confidence_threshold
+        if threshold is not None:  # Fast-dLLM threshold decoding: top-1 + every passing candidate, until clean
+            quotas = [1] * B
         if mode != "none":
             st.cache = model.new_cache(len(st.rows), T)
         for k in range(st.n_blocks):
             s, e = st.block(k)
-            w = s - shift  # first query column whose logits predict column s
-            for j, quota in enumerate(quotas):
+            lens = (st.resp_start - st.kv_start).tolist()  # real prompt length per batch row
+            # first query column of a cached window: Fast-dLLM starts it at the block (Dream: the block's
+            # first position is committed at the block's first forward, so its own logits are never used);
+            # without that rule a shifted model reads the block's logits from one column to the left
+            w = s if (first_rule or not shift) else s - shift
+            plan = ([0] + list(quotas)) if first_rule else list(quotas)
+            if first_rule and threshold is None:  # the first position, then the rest over the remaining steps
+                plan = [0] + step_quotas(B - 1, max(1, len(quotas) - 1)) if B > 1 else [0]
+            for j, quota in enumerate(plan):
                 masked, active = st.masked(s, e)
                 if not bool(active.any()):
                     break
@@ -123,17 +158,38 @@ class FULL_DIFFUSION(SamplerBase):
                 if mode == "none" or j == 0:
                     if cache is not None:
                         cache.window(0)  # full forward; stores K/V of every position
-                    logits = model.forward(x, _full_mask(valid, 0, T, T), pos, cache)[:, w:w + B]
+                    out = model.forward(x, _full_mask(valid, 0, T, T), pos, cache)
+                    logits = out[:, s - shift:e - shift]
+                    # the vector the reference ranks: LLaDA's whole unpadded sequence; Dream's suffix from s
+                    layout = [(T - s, 0)] * len(st.rows) if first_rule else \
+                        [(n + T - st.P, n + (s - st.P)) for n in lens]
                 elif mode == "prefix":  # window [w, T) against the stored prefix [0, w)
                     cache.window(w)
-                    logits = model.forward(x[:, w:], _full_mask(valid, w, T - w, T), pos[:, w:], cache)[:, :B]
+                    out = model.forward(x[:, w:], _full_mask(valid, w, T - w, T), pos[:, w:], cache)
+                    logits = self._window_logits(out, s - w, B, shift, first_rule)
+                    layout = [(T - s, 0)] * len(st.rows)
                 else:  # dual: window [w, w + B) reads the stored prefix and suffix
                     cache.window(w, read_end=T)
-                    logits = model.forward(x[:, w:w + B], _full_mask(valid, w, B, T), pos[:, w:w + B], cache)
-                st.book.forward(st.rows)
-                st.denoise(logits, s, e, quota, k, cfg.confidence_threshold, masked, active)
+                    out = model.forward(x[:, w:w + B], _full_mask(valid, w, B, T), pos[:, w:w + B], cache)
+                    logits = self._window_logits(out, s - w, B, shift, first_rule)
+                    layout = None
+                st.book.forward(st.rows, active)
+                first = first_rule and j == 0
+                st.denoise(logits, s, e, quota, k, None if first else threshold, masked, active,
+                           threshold_rule=cfg.threshold_rule, layout=layout, force_first=first)
             if not st.end_block(k):
                 break
+
+    @staticmethod
+    def _window_logits(out: torch.Tensor, off: int, B: int, shift: int, first_rule: bool) -> torch.Tensor:
+        """The block's ``[b, B, V]`` logits from a window forward whose block starts at window
+        column ``off``. Shifted models under Dream's rule read column c from the window output
+        at c - 1 and the block's first column from its own output (Fast-dLLM's
+        ``cat([logits[:, :1], logits[:, :-1]])``; that column is already committed)."""
+        if shift and first_rule:
+            blk = out[:, off:off + B]
+            return torch.cat([blk[:, :1], blk[:, :-1]], dim=1)
+        return out[:, off:off + B]
 
 
 def cache_fidelity(model: Any, prompts: Sequence[Sequence[int]], *, block_size: int, denoising_steps: int,
