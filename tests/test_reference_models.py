@@ -198,6 +198,21 @@ def test_llada_loads_natively_and_matches_reference_forward(tmp_path, no_einops,
     assert not torch.allclose(attended_pads[1, -len(seqs[1]):], alone[0], atol=1e-2)  # the test can fail
 
 
+def test_llada_native_model_drives_the_slot_cache(tmp_path):
+    """Natively loaded LLaDA takes our KV cache: a window forward over [s, T) reading the cached
+    prefix equals the uncached full-attention forward (what Fast-dLLM prefix caching relies on)."""
+    m = load_model(str(build_llada(tmp_path)), dtype="float32")
+    _, pb = padded_batch(m.pad_token_id)
+    x, valid, pos, T, s = pb.input_ids, pb.valid, pb.position_ids, pb.padded_len, 6
+    with torch.no_grad():
+        full = m.forward(x, block_causal_mask(valid, T), pos)
+        cache = m.new_cache(2, T)
+        m.forward(x, block_causal_mask(valid, T), pos, cache.window(0))
+        part = m.forward(x[:, s:], block_causal_mask(valid, T, q_start=s, q_len=T - s), pos[:, s:],
+                         cache.window(s, T))
+    assert torch.allclose(part, full[:, s:], atol=1e-5)
+
+
 def test_llada_native_model_saves_and_reloads(tmp_path):
     """A natively loaded LLaDA saved by the adapter reloads (Llama layout + sidecar) with equal logits."""
     m = load_model(str(build_llada(tmp_path)), dtype="float32")
