@@ -69,6 +69,17 @@ def _padded(n: int) -> int:
     return int(math.ceil(n / 64) * 64)
 
 
+def _start(root: str | Path, name: str, specials: list[tuple[str, bool]]):
+    """The checkpoint directory (created), the reduced vocabulary and merges, the special-token
+    ids (after the regular vocabulary, in released order) and the embedding rows (padded to 64)."""
+    d = Path(root) / name
+    d.mkdir(parents=True, exist_ok=True)
+    vocab, merges = byte_bpe_vocab()
+    n = len(vocab)
+    ids = {t: n + i for i, (t, _) in enumerate(specials)}
+    return d, vocab, merges, ids, _padded(n + len(specials))
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -142,8 +153,8 @@ def special_ids(ckpt: str | Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ LLaDA
-LLADA_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
-                  "<|eot_id|>"]
+LLADA_SPECIALS = [(t, True) for t in ("<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>",
+                                      "<|end_header_id|>", "<|eot_id|>")]
 """LLaDA-8B-Instruct's special tokens in id order (released ids 126080, 126081, 126336, 126346,
 126347, 126348; reference: ML-GSAI/LLaDA generate.py and Gen-Verse/dLLM-RL sample code)."""
 
@@ -181,12 +192,8 @@ def build_llada(root: str | Path, seed: int = 0, *, d_model: int = 64, n_layers:
     Returns:
         the checkpoint directory.
     """
-    d = Path(root) / "llada"
-    d.mkdir(parents=True, exist_ok=True)
-    vocab, merges = byte_bpe_vocab()
+    d, vocab, merges, ids, rows = _start(root, "llada", LLADA_SPECIALS)
     n = len(vocab)
-    ids = {t: n + i for i, t in enumerate(LLADA_SPECIALS)}
-    rows = _padded(n + len(LLADA_SPECIALS))
     kv = n_kv_heads or n_heads
     cfg = {
         "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
@@ -213,9 +220,9 @@ def build_llada(root: str | Path, seed: int = 0, *, d_model: int = 64, n_layers:
                                                "pad_token_id": ids["<|endoftext|>"],
                                                "transformers_version": "4.46.3"})
     _write_placeholders(d, ["configuration_llada.py", "modeling_llada.py"])
-    _write_tokenizer_json(d, vocab, merges, [(t, True) for t in LLADA_SPECIALS], n)
+    _write_tokenizer_json(d, vocab, merges, LLADA_SPECIALS, n)
     _write_json(d / "tokenizer_config.json", {
-        "added_tokens_decoder": _added([(t, True) for t in LLADA_SPECIALS], n),
+        "added_tokens_decoder": _added(LLADA_SPECIALS, n),
         "bos_token": "<|startoftext|>", "chat_template": LLAMA3_STYLE_TEMPLATE, "clean_up_tokenization_spaces": False,
         "eos_token": "<|endoftext|>", "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": 1000000000000000019884624838656, "pad_token": "<|endoftext|>",
@@ -326,12 +333,8 @@ def build_dream(root: str | Path, seed: int = 0, *, hidden_size: int = 64, num_h
     Returns:
         the checkpoint directory.
     """
-    d = Path(root) / "dream"
-    d.mkdir(parents=True, exist_ok=True)
-    vocab, merges = byte_bpe_vocab()
+    d, vocab, merges, ids, rows = _start(root, "dream", DREAM_SPECIALS)
     n = len(vocab)
-    ids = {t: n + i for i, (t, _) in enumerate(DREAM_SPECIALS)}
-    rows = _padded(n + len(DREAM_SPECIALS))
     cfg = {
         "architectures": ["DreamModel"], "attention_dropout": 0.0,
         "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
@@ -404,12 +407,8 @@ def build_sdar(root: str | Path, seed: int = 0, *, block_size: int | None = 4, n
     Returns:
         the checkpoint directory.
     """
-    d = Path(root) / name
-    d.mkdir(parents=True, exist_ok=True)
-    vocab, merges = byte_bpe_vocab()
+    d, vocab, merges, ids, rows = _start(root, name, SDAR_SPECIALS)
     n = len(vocab)
-    ids = {t: n + i for i, (t, _) in enumerate(SDAR_SPECIALS)}
-    rows = _padded(n + len(SDAR_SPECIALS))
     cfg = {
         "architectures": ["SDARForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
         "auto_map": {"AutoConfig": "configuration_sdar.SDARConfig", "AutoModel": "modeling_sdar.SDARModel",

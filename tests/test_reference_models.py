@@ -316,7 +316,12 @@ def test_dream_tokenizer_matches_reference_dream_tokenizer(ckpts, tmp_path):
     for text in DREAM_TEXTS:
         a, b = tok(text, add_special_tokens=False).input_ids, ref(text, add_special_tokens=False).input_ids
         assert a == b, text
+        assert tok(text).input_ids == ref(text).input_ids
         assert tok.decode(a) == ref.decode(b)
+        assert tok.decode(a, skip_special_tokens=True) == ref.decode(b, skip_special_tokens=True)
+    chat = [{"role": "user", "content": DREAM_TEXTS[1]}]
+    assert tok.apply_chat_template(chat, add_generation_prompt=True) == \
+        ref.apply_chat_template(chat, add_generation_prompt=True)
 
 
 def test_dream_sliding_window_is_refused(tmp_path):
