@@ -113,7 +113,8 @@ def llada_llama_config(raw: dict[str, Any]):
         transformers.LlamaConfig (``hidden_size = d_model``, ``intermediate_size =
         mlp_hidden_size or mlp_ratio * d_model``, ``num_key_value_heads`` = LLaDA's effective
         K/V heads, ``vocab_size = embedding_size or vocab_size``, ``rope_theta``,
-        ``rms_norm_eps``, ``tie_word_embeddings = weight_tying``, no biases).
+        ``rms_norm_eps``, ``tie_word_embeddings = weight_tying``, no biases, no embedding
+        ``padding_idx``).
 
     Raises:
         BadInputError: a field whose LLaDA math Llama cannot express: ``block_type`` other
@@ -172,8 +173,9 @@ def llada_llama_config(raw: dict[str, Any]):
         hidden_act=act, max_position_embeddings=int(c["max_sequence_length"]), rms_norm_eps=float(c["rms_norm_eps"]),
         rope_theta=float(c["rope_theta"]), attention_bias=False, mlp_bias=False,
         attention_dropout=float(c["attention_dropout"]), tie_word_embeddings=bool(c["weight_tying"]),
-        pad_token_id=c.get("pad_token_id"), eos_token_id=c.get("eos_token_id"), bos_token_id=c.get("bos_token_id"),
-        use_cache=False, architectures=["LlamaForCausalLM"],
+        eos_token_id=c.get("eos_token_id"), bos_token_id=c.get("bos_token_id"), use_cache=False,
+        architectures=["LlamaForCausalLM"],
+        pad_token_id=None,  # LLaDA's wte has no padding_idx (Llama's would freeze that row in training)
     )
 
 

@@ -162,15 +162,16 @@ def no_einops(monkeypatch):
 
 
 # ------------------------------------------------------------------ LLaDA
-@pytest.mark.parametrize("n_kv_heads", [None, 2])
-def test_llada_loads_natively_and_matches_reference_forward(tmp_path, no_einops, n_kv_heads):
+@pytest.mark.parametrize("n_kv_heads,weight_tying", [(None, False), (2, True)])  # released: MHA, untied
+def test_llada_loads_natively_and_matches_reference_forward(tmp_path, no_einops, n_kv_heads, weight_tying):
     """Released LLaDA layout -> LlamaForCausalLM, no remote code, no einops; logits equal the
     reference forward with and without left pads (pads masked, real positions independent of
     padding); full-diffusion, unshifted, mask/EOS/pad ids from the checkpoint's files."""
-    ck = build_llada(tmp_path, n_kv_heads=n_kv_heads)
+    ck = build_llada(tmp_path, n_kv_heads=n_kv_heads, weight_tying=weight_tying)
     m = load_model(str(ck), dtype="float32")
     ids = special_ids(ck)
     assert type(m.model).__name__ == "LlamaForCausalLM" and m.supports_cache
+    assert m.model.get_input_embeddings().padding_idx is None  # as LLaDA's wte: the pad row trains too
     assert (m.family, m.logits_shift, m.block_size) == ("full-diffusion", False, 32)
     assert m.mask_token_id == ids["<|mdm_mask|>"] == json.loads((ck / "config.json").read_text())["mask_token_id"]
     assert m.pad_token_id == ids["<|endoftext|>"] and m.eos_token_id == ids["<|endoftext|>"]
