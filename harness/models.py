@@ -19,7 +19,11 @@
 * a local directory: a checkpoint saved by :meth:`ModelAdapter.save` (it carries the
   ``dllm_bench.json`` sidecar with family, block size and mask token) or any Hugging Face
   checkpoint (family detected from its config: LLaDA / Dream -> full-diffusion, SDAR / TraDo
-  -> block-diffusion on a Qwen3 backbone, anything else -> ar);
+  -> block-diffusion, anything else -> ar). The released SDAR / TraDo, Dream and LLaDA
+  layouts load without remote code into stock ``Qwen3ForCausalLM`` / ``Qwen2ForCausalLM`` /
+  ``LlamaForCausalLM`` (:mod:`dllm_bench.native`); decoding fields the checkpoint declares
+  (config.json ``block_size``, ``mask_token_id``; generation_config.json ``eos_token_id``)
+  are the defaults, model args override them;
 * a ``.gguf`` file path;
 * a hub id (same detection; needs network access to the hub, absent in CI).
 
@@ -296,8 +300,8 @@ class ModelAdapter:
         """True when the model can be driven with a :class:`transformers.Cache` (our
         :class:`SlotKVCache`): a stock transformers architecture that is not stateful and whose
         class reports that ``generate()`` may hand it a standard dynamic cache
-        (``GenerationMixin._supports_default_dynamic_cache``). Remote-code models such as
-        LLaDA keep their own cache formats and are refused. Decided from the class, not from
+        (``GenerationMixin._supports_default_dynamic_cache``). Remote-code models (e.g.
+        LLaDA with ``trust_remote_code``) keep their own cache formats and are refused. Decided from the class, not from
         the name of a ``forward`` argument (transformers 5.24 renamed ``past_key_values`` to
         ``cache``)."""
         cls = type(self.model)
@@ -354,7 +358,7 @@ class ModelAdapter:
         params = self._forward_params
         kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if attention_mask is not None and attention_mask.dim() == 4 and "attention_bias" in params:
-            # LLaDA's remote code takes a 4-D mask as `attention_bias` (bool: True = attend)
+            # LLaDA's remote code (trust_remote_code) takes a 4-D mask as `attention_bias` (True = attend)
             kw["attention_mask"], kw["attention_bias"] = None, attention_mask
         if position_ids is not None and "position_ids" in params:
             kw["position_ids"] = position_ids  # (models without it use 0..t-1: RoPE is shift-invariant)
@@ -646,27 +650,6 @@ def _store_converted(model: Any, tok: Any, target: Path) -> None:
         log.warning("could not cache the converted GGUF model in %s: %s", target, exc)
 
 
-NATIVE_BACKBONES: dict[str, tuple[str, str]] = {
-    "sdar": ("Qwen3Config", "Qwen3ForCausalLM"),
-    "dream": ("Qwen2Config", "Qwen2ForCausalLM"),
-}
-"""Diffusion checkpoints whose weights are a stock transformers architecture (loaded without
-remote code unless ``trust_remote_code=true``): model_type -> (config class, model class)."""
-
-
-def _raw_config(src: str) -> dict[str, Any]:
-    """``config.json`` as a dict (local directory, or the hub through huggingface_hub); {} if absent."""
-    p = Path(src) / "config.json"
-    try:
-        if not p.is_file():
-            from huggingface_hub import hf_hub_download
-
-            p = Path(hf_hub_download(src, "config.json"))
-        return json.loads(p.read_text())
-    except Exception:  # noqa: BLE001 - no config.json reachable: AutoConfig reports the real error
-        return {}
-
-
 def _detect_family(model_type: str, architectures: Sequence[str] | None, name: str) -> tuple[str, bool]:
     """(family, logits_shift) from a checkpoint's model_type, architectures and name."""
     mt = (model_type or "").lower()
@@ -681,7 +664,10 @@ def _detect_family(model_type: str, architectures: Sequence[str] | None, name: s
     return "ar", False
 
 
-def _find_mask_id(tok: Any, family: str, mask_token: str | None) -> int | None:
+def _find_mask_id(tok: Any, family: str, mask_token: str | None, declared: int | None = None) -> int | None:
+    """The mask id: ``mask_token`` (a token string) if given, else the id the checkpoint declares
+    (config / generation config ``mask_token_id``), else the tokenizer's mask token, else a
+    known mask string, else LLaDA's 126336 for a vocabulary that large."""
     if family == "ar":
         return None
     vocab = tok.get_vocab()
@@ -689,8 +675,14 @@ def _find_mask_id(tok: Any, family: str, mask_token: str | None) -> int | None:
         if mask_token not in vocab:
             raise BadInputError(f"mask token {mask_token!r} is not in the tokenizer's vocabulary")
         return vocab[mask_token]
-    if getattr(tok, "mask_token_id", None) is not None:
-        return int(tok.mask_token_id)
+    tok_mask = getattr(tok, "mask_token_id", None)
+    if declared is not None:
+        if tok_mask is not None and int(tok_mask) != declared:
+            log.warning("config declares mask_token_id %d but the tokenizer's mask token is %d; using %d",
+                        declared, tok_mask, declared)
+        return declared
+    if tok_mask is not None:
+        return int(tok_mask)
     for cand in MASK_CANDIDATES:
         if cand in vocab:
             return vocab[cand]
@@ -700,7 +692,9 @@ def _find_mask_id(tok: Any, family: str, mask_token: str | None) -> int | None:
 
 
 def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtype: torch.dtype) -> ModelAdapter:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from . import native as nat
 
     path = Path(spec)
     gguf_file = None
@@ -737,19 +731,18 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
         if (cached / "DONE").is_file():  # converted before: a plain HF directory
             src, gguf_file = str(cached), None
     kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    raw_cfg = _raw_config(src) if not gguf_file else {}
+    raw_cfg = nat.read_json(src, "config.json") if not gguf_file else {}
+    gen_cfg = nat.read_json(src, "generation_config.json") if not gguf_file else {}
+    declared = nat.declared_decoding_fields(raw_cfg, gen_cfg)
     mt = str(raw_cfg.get("model_type", "")).lower()
-    native = NATIVE_BACKBONES.get(mt) if not trust else None
+    layout = nat.LAYOUTS.get(mt) if not trust else None
     try:
-        if native:
-            import transformers
-
-            config = getattr(transformers, native[0])(**{k: v for k, v in raw_cfg.items()
-                                                         if k not in ("model_type", "architectures", "auto_map")})
+        if layout:
+            config = layout.make_config(raw_cfg)
         else:
             config = AutoConfig.from_pretrained(src, trust_remote_code=trust, **kw)
             mt = (getattr(config, "model_type", "") or "").lower()
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust, **kw)
+        tok = nat.load_tokenizer(src, trust, config if layout else None, **kw)
     except (OSError, ValueError) as exc:
         hint = " (custom code: add --model-arg trust_remote_code=true)" if "trust_remote_code" in str(exc) else ""
         raise BadInputError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}{hint}") from None
@@ -759,21 +752,10 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
         raise BadInputError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
     shift = bool(sidecar.get("logits_shift", shift))
     load_kw = {"dtype": dtype, **kw}
-    if native:
-        # SDAR / TraDo (Qwen3) and Dream (Qwen2) checkpoints in a stock transformers class: the
-        # diffusion behaviour comes from our 4-D masks, and the native KV cache API works.
-        import transformers
-
-        try:
-            model, info = getattr(transformers, native[1]).from_pretrained(src, config=config, dtype=dtype,
-                                                                           output_loading_info=True)
-        except (RuntimeError, ValueError) as exc:  # shape mismatches
-            raise BadInputError(f"{spec!r} ({mt}) does not map onto {native[1]}: {str(exc).splitlines()[0]}; "
-                                "pass --model-arg trust_remote_code=true") from None
-        missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
-        if missing:
-            raise BadInputError(f"{spec!r} ({mt}) does not map onto {native[1]}: missing weights "
-                                f"{', '.join(sorted(missing)[:4])}...; pass --model-arg trust_remote_code=true")
+    if layout:
+        # released SDAR / TraDo (Qwen3), Dream (Qwen2) and LLaDA (Llama) layouts in a stock class:
+        # the diffusion behaviour comes from our 4-D masks, and the native KV cache API works.
+        model = nat.load_native_model(layout, src, config, dtype, spec, mt)
     else:
         auto = AutoModel if "llada" in mt else AutoModelForCausalLM
         try:
@@ -789,14 +771,18 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
     eos = list(sidecar.get("eos_token_ids") or [])
     if not eos:
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-        for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):  # chat-turn ends of diffusion checkpoints
-            tid = tok.get_vocab().get(name)
-            if tid is not None and tid not in eos and family != "ar":
-                eos.append(tid)
-    block = block_arg or sidecar.get("block_size") or DEFAULT_BLOCK_SIZE[family]
+        eos += declared.get("eos_token_ids", [])
+        if family != "ar":  # chat-turn ends of diffusion checkpoints
+            eos += [tok.get_vocab().get(name) for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")]
+        eos = list(dict.fromkeys(e for e in eos if e is not None))
+    block = block_arg or sidecar.get("block_size") or declared.get("block_size") or DEFAULT_BLOCK_SIZE[family]
     mask_id = sidecar.get("mask_token_id") if sidecar and mask_arg is None else None
     if mask_id is None:
-        mask_id = _find_mask_id(tok, family, mask_arg or sidecar.get("mask_token"))
+        mask_id = _find_mask_id(tok, family, mask_arg or sidecar.get("mask_token"),
+                                None if sidecar.get("mask_token") else declared.get("mask_token_id"))
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    if mask_id is not None and not 0 <= mask_id < rows:
+        raise BadInputError(f"mask token id {mask_id} is outside the model's {rows} embeddings")
     wsha = gguf_sha or (weights_sha256(Path(src)) if Path(src).is_dir() else None)
     ad = ModelAdapter(model=model, tokenizer=tok, family=family, spec=spec, mask_token_id=mask_id,
                       pad_token_id=int(tok.pad_token_id), eos_token_ids=tuple(int(e) for e in eos) or (0,),
@@ -828,7 +814,8 @@ def load_model(spec: str, **model_args: Any) -> ModelAdapter:
 
     Raises:
         BadInputError: unknown spec, missing files, unknown model args, a diffusion model
-            without a findable mask token.
+            without a findable mask token, a released layout whose config or weights have no
+            native equivalent (the message names the field).
     """
     args = dict(model_args)
     device = resolve_device(args.pop("device", None))
