@@ -21,9 +21,12 @@ decoder, written from reading it (never copied):
   ``[s, s + B)`` (dual: prefix and suffix cached, the block's K/V replaced), top-1 plus
   every candidate ``>=`` the threshold, until the block is clean.
 
-The forwards go through the same model (a stock transformers Qwen3 driven by 4-D masks;
-the released-layout checkpoints load into the same classes), uncached where the reference
-cache is exact, and through a test-local cache holding the reference's K/V otherwise.
+The models are tiny seeded checkpoints laid out exactly like the released ones
+(``tests/refckpt.py``: SDAR / TraDo, LLaDA-8B-Instruct, Dream-v0-Instruct-7B), loaded the
+way a user loads a released checkpoint (``load_model(directory)``: block size, mask and EOS
+ids and the block alignment come from the checkpoint). The reference forwards go through
+the same loaded model, uncached where the reference cache is exact, and through a
+test-local cache holding the reference's K/V otherwise.
 Deviations stated on purpose, and recorded in the samplers: ``[MASK]`` is never proposed;
 sampling draws ``torch.multinomial`` from a per-sequence generator (the references use the
 global RNG; LLaDA a float64 Gumbel-max and Dream ``Categorical``, which draw differently —
@@ -32,11 +35,12 @@ so the LLaDA / Dream comparisons are greedy); confidences are float32.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
+
+from refckpt import build_dream, build_llada, build_sdar
 
 from dllm_bench.blocks import block_causal_mask
 from dllm_bench.models import load_model
@@ -59,8 +63,25 @@ def bm():
 
 
 @pytest.fixture(scope="module")
-def fm():
-    return load_model("tiny-full-dlm", dtype="float32", block_size=4)
+def sdar(tmp_path_factory):
+    """A released-layout SDAR / TraDo checkpoint (config.json declares block_size 4)."""
+    m = load_model(str(build_sdar(tmp_path_factory.mktemp("sdar"), seed=3, block_size=4)), dtype="float32")
+    assert m.family == "block-diffusion" and m.block_size == 4 and m.block_alignment == "absolute"
+    return m
+
+
+@pytest.fixture(scope="module")
+def llada(tmp_path_factory):
+    m = load_model(str(build_llada(tmp_path_factory.mktemp("llada"), seed=4)), dtype="float32", block_size=4)
+    assert m.family == "full-diffusion" and not m.logits_shift
+    return m
+
+
+@pytest.fixture(scope="module")
+def dream(tmp_path_factory):
+    m = load_model(str(build_dream(tmp_path_factory.mktemp("dream"), seed=5)), dtype="float32", block_size=4)
+    assert m.family == "full-diffusion" and m.logits_shift
+    return m
 
 
 def _propose(logits, temperature, top_k, top_p, mask_id, gen):
@@ -119,14 +140,16 @@ SDAR_CASES = [
 
 @pytest.mark.parametrize("case", SDAR_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 @pytest.mark.parametrize("cache", ["exact", "separate", "none"])
-def test_block_samplers_decode_as_the_sdar_reference(bm, case, cache):
+def test_block_samplers_decode_as_the_sdar_reference(sdar, case, cache):
+    """Released SDAR layout, the samplers' defaults (alignment from the checkpoint, topk, >)."""
+    bm = sdar
     case = dict(case)
     B, S, thr = case.pop("B"), case.pop("S"), case.pop("threshold", None)
     prompts = [bm.encode(t) for t in PROMPTS]
     assert {len(p) % B for p in prompts} != {0}, "some prompt lengths must not be block multiples"
     seeds = [derive_seed(5, i) for i in range(len(prompts))]
     cls = BLOCK_DYNAMIC if thr is not None else BLOCK_STATIC
-    cfg = dict(block_size=B, denoising_steps=S, max_new_tokens=9, block_alignment="absolute",
+    cfg = dict(block_size=B, denoising_steps=S, max_new_tokens=9,
                cache_mode="none" if cache == "none" else "exact", fuse_commit=cache != "separate", **case)
     if thr is not None:
         cfg["confidence_threshold"] = thr
@@ -322,7 +345,8 @@ def ref_dream(model, prompt, *, B, gen_length, cache="none", threshold=0.9):
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 @pytest.mark.parametrize("threshold", [None, 0.004])
-def test_full_diffusion_decodes_as_fast_dllm_llada(fm, cache, threshold):
+def test_full_diffusion_decodes_as_fast_dllm_llada(llada, cache, threshold):
+    fm = llada
     prompts = [fm.encode(t) for t in PROMPTS[:5]]
     cfg = dict(block_size=4, denoising_steps=2, max_new_tokens=12, cache_mode=cache, confidence_threshold=threshold)
     got = FULL_DIFFUSION(FULL_DIFFUSION.Config(**cfg)).generate(fm, prompts, seed=0)  # one padded batch
@@ -333,9 +357,7 @@ def test_full_diffusion_decodes_as_fast_dllm_llada(fm, cache, threshold):
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_full_diffusion_decodes_as_fast_dllm_dream(fm, cache):
-    dream = copy.copy(fm)
-    dream.logits_shift = True  # an AR-adapted (Dream-style) model: position i predicts token i + 1
+def test_full_diffusion_decodes_as_fast_dllm_dream(dream, cache):
     prompts = [dream.encode(t) for t in PROMPTS[:5]]
     cfg = dict(block_size=4, max_new_tokens=12, cache_mode=cache, confidence_threshold=0.004)
     got = FULL_DIFFUSION(FULL_DIFFUSION.Config(**cfg)).generate(dream, prompts, seed=0, record_trajectory=True)
