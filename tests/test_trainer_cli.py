@@ -124,7 +124,7 @@ def test_deepspeed_zero3_tracerl_with_value_matches_plain(tmp_path):
     finally:
         sys.path.pop(0)
 
-    cfg = rl_config("tiny-block-dlm", max_steps=2, lr=1e-2, updates_per_step=2, micro_batch_size=6,
+    cfg = rl_config("tiny-block-dlm", max_steps=2, lr=1e-2, rows_per_update=16, micro_batch_size=6,
                     value={"lr": 1e-3})
     TRACERL(cfg, task=DigitTask()).train(tmp_path / "plain")
     script = tmp_path / "ds.py"

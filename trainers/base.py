@@ -544,8 +544,9 @@ class Engine:
             self.accelerator.backward(loss)
 
     def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                       scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
-        """Clip, step, zero grads, step the LR schedule. Returns the pre-clip gradient norm."""
+                       scheduler: torch.optim.lr_scheduler.LambdaLR | None) -> float:
+        """Clip, step, zero grads, step the LR schedule (unless ``scheduler`` is None: the
+        caller steps it). Returns the pre-clip gradient norm."""
         if self._is_ds(model):
             model.step()
             gn = model.get_global_grad_norm()
@@ -559,8 +560,17 @@ class Engine:
                     p.grad is not None for p in model.parameters()) else 0.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         return gn
+
+    def min_over_processes(self, n: int) -> int:
+        """The smallest ``n`` over all processes (``n`` itself in a single process); used so
+        every process takes the same number of optimizer steps."""
+        if self.accelerator.num_processes == 1:
+            return int(n)
+        t = torch.tensor([int(n)], device=self.device)
+        return int(self.accelerator.gather(t).min())
 
     def current_lr(self, scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
         return float(scheduler.get_last_lr()[0])

@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 
 import torch
 
-Normalisation = Literal["gen_len", "tokens"]
+Normalisation = Literal["round_row", "response", "tokens", "row_mean"]
 
 
 # ------------------------------------------------------------------ advantages
@@ -201,8 +201,9 @@ class PolicyLossStats:
 def clipped_policy_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
                          mask: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.2,
                          log_ratio_clamp: float = 10.0, anchor_logp: torch.Tensor | None = None,
-                         kl_beta: float = 0.0) -> tuple[torch.Tensor, PolicyLossStats]:
-    """Per-token PPO clipped surrogate + k3 KL, summed (not normalised) over ``mask``.
+                         kl_beta: float = 0.0, weights: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, PolicyLossStats]:
+    """Per-token PPO clipped surrogate + k3 KL, summed over ``mask`` (weighted by ``weights``).
 
     For each trainable token (dllm-algorithms.md §1.3)::
 
@@ -222,26 +223,28 @@ def clipped_policy_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.
         log_ratio_clamp: c (nats).
         anchor_logp: ``[b, L]`` anchor log-probs for the KL, or None for no KL term.
         kl_beta: β (dimensionless).
+        weights: ``[b, L]`` per-token weights w_j (:func:`token_weights`), or None for w = 1.
 
     Returns:
-        ``(loss_sum, stats)``: the scalar Σ_j ℓ_j over ``mask`` (the caller divides by its
-        normaliser) and token-mean diagnostics.
+        ``(loss, stats)``: the scalar Σ_j w_j ℓ_j over ``mask`` (with ``weights=None`` the plain
+        sum, which the caller divides by its normaliser) and unweighted token-mean diagnostics.
     """
     m = mask.to(logp.dtype)
+    wm = m if weights is None else m * weights.to(device=logp.device, dtype=logp.dtype)
     d = torch.clamp(logp - old_logp.detach(), -log_ratio_clamp, log_ratio_clamp)
     ratio = torch.exp(d)
     adv = adv.detach().to(logp.dtype)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     pg = -torch.minimum(unclipped, clipped)
-    loss = (pg * m).sum()
+    loss = (pg * wm).sum()
     kl_val = torch.zeros((), dtype=logp.dtype, device=logp.device)
     if anchor_logp is not None:
         k = torch.clamp(logp - anchor_logp.detach(), -log_ratio_clamp, log_ratio_clamp)
         kl_tok = torch.exp(-k) - 1.0 + k
         kl_val = (kl_tok * m).sum()
         if kl_beta:
-            loss = loss + kl_beta * kl_val
+            loss = loss + kl_beta * (kl_tok * wm).sum()
     with torch.no_grad():
         n_tok = int(mask.sum())
         denom = max(n_tok, 1)
@@ -257,24 +260,89 @@ def clipped_policy_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.
     return loss, stats
 
 
-def loss_normaliser(mask: torch.Tensor, mode: Normalisation, gen_len: int) -> float:
-    """The constant that a summed loss over ``mask`` is divided by.
+def token_weights(mask: torch.Tensor, rounds: torch.Tensor | None, mode: Normalisation, gen_len: int,
+                  rows_per_response: int | None = None) -> torch.Tensor:
+    """Per-token weights ``w`` of one optimizer step: its loss is ``Σ_j w_j ℓ_j`` over ``mask``.
 
-    ``gen_len``: (number of responses) × ``gen_len`` — the constant padded response length,
-    Dr.GRPO-like, as TraceRL's ``1/L1`` (§1.3). ``tokens``: the number of trainable tokens
-    (DiPO's ``1/Σ_i |τ_i|``, §4.2). Both are computed over the whole optimizer-step batch so
-    gradient accumulation does not change the objective.
+    ``mask`` holds the tokens of the step's mini-batch (``b`` responses, some possibly with
+    only a few of their rounds); ``rounds`` their round rows (:func:`.trajectory.round_ids`).
+    With ``R`` = number of round rows (distinct (response, round) pairs in ``mask``), ``N`` =
+    responses with a token in ``mask``, ``L1`` = ``gen_len``:
+
+    * ``round_row`` — ``w = 1/(R·L1)``: each row's summed loss over L1, averaged over the
+      rows (TraceRL, dLLM-RL ``train/rl_trado.py`` @10b4fd1 lines 741-744 and 754-755: sum
+      over the row / L1, mean over the batch_size_lm rows of a forward; line 807: / the
+      gradient_accumulation_steps rows of an optimizer step).
+    * ``response`` — ``w = 1/(N·L1)``: per response instead of per row (this project's
+      former default; Dr.GRPO-like constant length; equals ``round_row`` scaled by R/N).
+    * ``tokens`` — ``w = 1/Σ mask``: one token mean over the step (``1/Σ_i |τ_i|``).
+    * ``row_mean`` — ``w_j = 1/(n_row(j)·D)``: a token mean inside each round row, then the
+      mean over ``D`` rows, ``D = N·rows_per_response`` when given (DiRL counts every response
+      as ``block_size/shrink`` rows, padding short ones with empty rows: OpenMOSS/DiRL
+      ``train/grpo.py`` @ec4bfb3 lines 163-168, 773-792 and 1437, ``models/sdar/modeling_sdar.py``
+      lines 1260-1264 with ``loss_mean`` True), else ``D = R``.
+
+    Args:
+        mask: ``[b, L]`` bool.
+        rounds: ``[b, L]`` long round ids (read where ``mask``); None = one row per response.
+        mode: one of the four above.
+        gen_len: L1 in tokens (``round_row`` / ``response``).
+        rows_per_response: rows each response counts for under ``row_mean`` (None = actual).
+
+    Returns:
+        ``[b, L]`` float64 weights (0 outside ``mask``).
+
+    Raises:
+        ValueError: unknown ``mode``.
     """
-    if mode == "gen_len":
-        return float(max(mask.shape[0], 1) * max(gen_len, 1))
+    m = mask.to(torch.bool)
+    w = torch.zeros(m.shape, dtype=torch.float64, device=m.device)
+    if not bool(m.any()):
+        if mode not in ("round_row", "response", "tokens", "row_mean"):
+            raise ValueError(f"unknown normalisation {mode!r}")
+        return w
+    if mode != "row_mean":
+        w[m] = 1.0 / loss_normaliser(m, rounds, mode, gen_len)
+        return w
+    key, n_rows = _row_keys(m, rounds)
+    _, inv, cnt = torch.unique(key[m], return_inverse=True, return_counts=True)
+    d = int(m.any(1).sum()) * rows_per_response if rows_per_response else n_rows
+    w[m] = 1.0 / (cnt[inv].to(torch.float64) * d)
+    return w
+
+
+def _row_keys(mask: torch.Tensor, rounds: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """``[b, L]`` long key of each token's (response, round) row, and the number of rows in ``mask``."""
+    b, L = mask.shape
+    rid = rounds.to(mask.device) if rounds is not None else torch.zeros((b, L), dtype=torch.long,
+                                                                         device=mask.device)
+    rid = torch.where(mask, rid, torch.zeros_like(rid)).clamp_min(0)
+    key = torch.arange(b, device=mask.device)[:, None] * (int(rid.max()) + 1) + rid
+    return key, int(torch.unique(key[mask]).numel())
+
+
+def loss_normaliser(mask: torch.Tensor, rounds: torch.Tensor | None, mode: Normalisation, gen_len: int) -> float:
+    """The constant a summed loss over ``mask`` is divided by for the uniform normalisers of
+    :func:`token_weights`: ``round_row`` R·L1, ``response`` N·L1, ``tokens`` Σ mask (each at
+    least 1). The trainers divide by it (rather than multiply by :func:`token_weights`) so the
+    arithmetic stays that of a plain sum over the step.
+
+    Raises:
+        ValueError: ``row_mean`` (not uniform) or an unknown ``mode``.
+    """
+    m = mask.to(torch.bool)
+    if mode == "round_row":
+        return float(max(_row_keys(m, rounds)[1], 1) * max(gen_len, 1))
+    if mode == "response":
+        return float(max(int(m.any(1).sum()), 1) * max(gen_len, 1))
     if mode == "tokens":
-        return float(max(int(mask.sum()), 1))
-    raise ValueError(f"unknown normalisation {mode!r}")
+        return float(max(int(m.sum()), 1))
+    raise ValueError(f"normalisation {mode!r} has no single constant (use token_weights)")
 
 
 # ------------------------------------------------------------------- value loss
 def clipped_value_terms(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                        mask: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
+                        mask: torch.Tensor, clip: float = 0.2, weights: torch.Tensor | None = None) -> torch.Tensor:
     """PPO clipped value loss summed over ``mask`` (§1.4)::
 
         0.5 · max((V_j − R_j)², (V_old,j + clip(V_j − V_old,j, −ε, ε) − R_j)²)
@@ -283,13 +351,18 @@ def clipped_value_terms(values: torch.Tensor, old_values: torch.Tensor, returns:
         values: ``[b, L]`` current values (with grad); old_values: ``[b, L]`` values before
             this update (no grad); returns: ``[b, L]`` R_j; mask: ``[b, L]`` bool.
         clip: ε in value units (reward units); ``clip <= 0`` disables clipping.
+        weights: ``[b, L]`` per-token weights (:func:`token_weights`), or None for w = 1.
 
     Returns:
-        Scalar sum over ``mask`` (the caller divides by its normaliser).
+        Scalar Σ_j w_j (...) over ``mask`` (with ``weights=None`` the plain sum, which the
+        caller divides by its normaliser).
     """
     returns = returns.detach().to(values.dtype)
     err = (values - returns) ** 2
     if clip > 0:
         v_clip = old_values.detach() + torch.clamp(values - old_values.detach(), -clip, clip)
         err = torch.maximum(err, (v_clip - returns) ** 2)
-    return 0.5 * (err * mask.to(values.dtype)).sum()
+    m = mask.to(values.dtype)
+    if weights is not None:
+        m = m * weights.to(device=values.device, dtype=values.dtype)
+    return 0.5 * (err * m).sum()

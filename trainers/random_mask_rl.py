@@ -11,8 +11,10 @@ before it and itself). ``masking="full"`` masks the whole response in every copy
 one-step likelihood; d1 additionally masks 15% of the prompt, not done here).
 
 Each copy is one training row carrying its response's advantage, so the surrogate, the KL
-term and the loss normalisation are TraceRL's (:mod:`.tracerl`) with rows = copies
-(``gen_len`` normalisation divides by copies × gen_len). The masks of an RL step are drawn
+term, the loss normalisation and the update procedure are TraceRL's (:mod:`.tracerl`) with
+one round row per copy (dLLM-RL ``train/rl_trado.py`` @10b4fd1 lines 441-467, method
+``random_masking``: one ``[prompt ; clean ; noised copy]`` row per response, the same
+32-row mini-batches): ``round_row`` normalisation divides by copies × L1. The masks of an RL step are drawn
 once (seeded by (seed, step)), so π_old and π_θ see the same copies.
 """
 
@@ -88,3 +90,7 @@ class RANDOM_MASK_RL(RLTrainer):
                                        t.doc_id, t.text, train_mask=masked.tolist(), extra=t.extra))
                 src.append(k)
         return rows, src
+
+    def round_ids(self, batch: Any, family: str) -> torch.Tensor:
+        """One round row per noised copy (its trainable tokens all have round 0)."""
+        return torch.where(batch.mask, torch.zeros_like(batch.steps), torch.full_like(batch.steps, -1)).cpu()

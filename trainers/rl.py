@@ -10,19 +10,31 @@ One RL step (dllm-algorithms.md §1.1, §1.3, §1.4, §4.2):
    response (finish reason ``length``) can be given ``truncated_reward`` (TraceRL: 0).
 3. **Advantage.** Group z-score within each prompt's samples; groups are then filtered
    (``group_filter``). With a value model: step-level GAE (γ, λ) on top (§1.4).
-4. **Update.** The kept responses are split into ``updates_per_step`` minibatches (×
-   ``epochs_per_step`` passes); each minibatch is one optimizer step of the clipped
-   surrogate with the k3 KL term (:func:`.objectives.clipped_policy_terms`) over every
-   trajectory step of every response. Block models score all steps of a response in one
-   packed forward (:mod:`.trajectory`); full-attention models use one forward per shrunk
-   step; AR models one causal forward. π_old is a no-grad pass of the trainer before the
-   first update (``old_logprobs="recompute"``) or ``logπ_θ.detach()``
-   (``"detach"``, strictly on-policy: ratio exactly 1, DiPO).
+4. **Update.** π_old is a no-grad pass of the trainer over the whole rollout batch
+   before the first update (``old_logprobs="recompute"``, dLLM-RL ``rl_trado.py`` @10b4fd1
+   lines 629-682) or ``logπ_θ.detach()`` (``"detach"``, strictly on-policy: ratio exactly
+   1, DiPO). The update is a sequence of optimizer steps (:func:`update_plan`):
+   ``minibatch="round_rows"`` (TraceRL as published, the default) cuts the round rows
+   (:func:`.trajectory.round_ids`: one row = one round of one response) in rollout order
+   into mini-batches of ``rows_per_update`` rows (32), one optimizer step each, dropping a
+   last incomplete one (``partial_update``), ``epochs_per_step`` passes (1) — so all but the
+   first step are off-policy and the clip and the KL to π_old act;
+   ``minibatch="responses"`` cuts the kept responses into ``updates_per_step`` mini-batches
+   (``updates_per_step: 1`` = one on-policy optimizer step per RL step). Each step applies
+   the clipped surrogate with the k3 KL term (:func:`.objectives.clipped_policy_terms`) to
+   the tokens of its rows. Block models score a response's rows in one packed forward
+   (:mod:`.trajectory`); full-attention models use one forward per shrunk step; AR models
+   one causal forward.
 
-**Loss normalisation** (``loss_norm``): the summed per-token loss of a minibatch is divided
-by (responses × ``gen_len``) with ``gen_len`` the sampler's ``max_new_tokens`` rounded up
-to the block size (``"gen_len"``, TraceRL's constant ``1/L1``, Dr.GRPO-like), or by the
-number of trainable tokens (``"tokens"``, DiPO's ``1/Σ|τ_i|``).
+**Loss normalisation** (``loss_norm``, :func:`.objectives.token_weights`): ``round_row``
+(TraceRL: each round row's summed loss / L1, averaged over the step's rows), ``response``
+(sum / (responses × L1)), ``tokens`` (token mean) or ``row_mean`` (DiRL: token mean per
+round row, averaged over responses × block_size/shrink rows); L1 is the sampler's
+``max_new_tokens`` rounded up to the block size.
+
+With ``minibatch="round_rows"`` the LR schedule advances once per RL step that makes at
+least one optimizer step (the number of optimizer steps per RL step depends on the
+rollouts); with ``"responses"`` once per optimizer step. See docs/tracerl-procedure.md.
 
 The optimizer, its moments and the LR schedule persist across RL steps and are
 checkpointed (dLLM-RL rebuilds AdamW every step, §8.6 — not here).
@@ -32,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -47,9 +60,11 @@ from dllm_bench.plugins import StrictModel
 from .base import (FAMILY_SHORT, Engine, PolicyNet, TrainConfig, TrainResult, ValueNet, config_hash, derive_seed,
                    load_adapter, open_run)
 from .objectives import (GAEResult, clipped_policy_terms, clipped_value_terms, group_zscore, keep_groups,
-                         loss_normaliser, step_gae)
-from .trajectory import (ForwardInputs, Trajectory, TrajectoryBatch, collate, forward_plan, scatter_tokens,
-                         trainable_length)
+                         loss_normaliser, step_gae, token_weights)
+from .trajectory import (ForwardInputs, Trajectory, TrajectoryBatch, collate, forward_plan, round_ids, round_rows,
+                         scatter_tokens, trainable_length)
+
+log = logging.getLogger("dllm_bench.trainers")
 
 DEFAULT_SAMPLER = {"block": "block-dynamic", "full": "full-diffusion", "ar": "ar"}
 VALUE_HEAD_FILE = "value_head.pt"
@@ -98,9 +113,32 @@ class RolloutConfig(TrainConfig):
     shrink: int = Field(1, ge=1, description="Shrinkage s: merge s consecutive trajectory steps (per block for "
                                              "block models, globally for full attention). Unit: steps.")
     post_num: int = Field(0, ge=0, description="Train this many tokens after the first EOS. Unit: tokens.")
-    updates_per_step: int = Field(1, ge=1, description="Optimizer steps per RL step (minibatches of the kept "
-                                                       "responses). Unit: optimizer steps.")
-    epochs_per_step: int = Field(1, ge=1, description="Passes over the rollout batch per RL step. Unit: passes.")
+    minibatch: Literal["round_rows", "responses"] = Field(
+        "round_rows", description="What an optimizer step's mini-batch is made of: round_rows = consecutive "
+                                  "rows_per_update TraceRL round rows (one row = one round of one response, "
+                                  "trajectory.round_ids), several optimizer steps per rollout batch, as dLLM-RL "
+                                  "train/rl_trado.py@10b4fd1 lines 600-606, 769-820; responses = the kept "
+                                  "responses split into updates_per_step mini-batches (updates_per_step: 1 = one "
+                                  "optimizer step per RL step, on-policy: this project's former default). "
+                                  "With round_rows the LR schedule (warmup_steps, decay) counts RL steps that "
+                                  "made an update instead of optimizer steps. Unit: none.")
+    rows_per_update: int = Field(32, ge=1, description="minibatch=round_rows: round rows per optimizer step, per "
+                                                       "process (dLLM-RL configs/rl_trado.yaml@10b4fd1 lines 53-54: "
+                                                       "gradient_accumulation_steps 32 x batch_size_lm 1; with N "
+                                                       "processes a step averages N x this many rows). Unit: rows.")
+    partial_update: Literal["drop", "step"] = Field(
+        "drop", description="minibatch=round_rows: the last rows_per_update-incomplete mini-batch of a pass is "
+                            "dropped (dLLM-RL: its gradients are accumulated but no optimizer step follows before "
+                            "the process ends, rl_trado.py lines 814-831) or gets its own optimizer step "
+                            "(normalised by its actual row count). Unit: none.")
+    shuffle: bool = Field(False, description="Shuffle the rows (round_rows) or responses (responses) before "
+                                             "cutting mini-batches, per pass (dLLM-RL: no, a DataLoader without "
+                                             "sampler in rollout order, rl_trado.py lines 600-606). Unit: none.")
+    updates_per_step: int = Field(1, ge=1, description="minibatch=responses: optimizer steps per pass (mini-"
+                                                       "batches of the kept responses). Unit: optimizer steps.")
+    epochs_per_step: int = Field(1, ge=1, description="Passes over the rollout batch per RL step (dLLM-RL "
+                                                      "configs/rl_trado.yaml line 58: num_train_epochs 1). "
+                                                      "Unit: passes.")
     micro_batch_size: int = Field(4, ge=1, description="Responses per training forward. Unit: responses.")
     rows_per_forward: int = Field(8, ge=1, description="Full-attention models: trajectory rows per forward. "
                                                        "Unit: rows.")
@@ -122,6 +160,9 @@ class RolloutConfig(TrainConfig):
     def _check_range(self):
         if self.acc_range[0] > self.acc_range[1]:
             raise ValueError("acc_range must be (low, high) with low <= high")
+        if self.minibatch == "round_rows" and self.updates_per_step != 1:
+            raise ValueError("updates_per_step applies to minibatch='responses'; with minibatch='round_rows' the "
+                             "number of optimizer steps follows from rows_per_update")
         return self
 
 
@@ -145,14 +186,28 @@ class RLConfig(RolloutConfig):
                                  "epochs_per_step = 1). Unit: none.")
     logprob_temperature: float = Field(1.0, gt=0, description="Divide logits by this before log-softmax when "
                                                               "scoring tokens. Unit: dimensionless.")
-    loss_norm: Literal["gen_len", "tokens"] = Field(
-        "gen_len", description="Divide the summed loss by responses × gen_len (TraceRL) or by trainable tokens "
-                               "(DiPO). Unit: none.")
+    loss_norm: Literal["round_row", "response", "tokens", "row_mean"] = Field(
+        "round_row", description="Per-token weight of an optimizer step's loss (objectives.token_weights): "
+                                 "round_row = each round row's sum / L1, averaged over the step's rows (TraceRL, "
+                                 "rl_trado.py@10b4fd1 lines 741-744, 807); response = sum / (responses x L1) "
+                                 "(former default); tokens = token mean over the step; row_mean = token mean "
+                                 "per round row averaged over responses x block_size/shrink rows (DiRL DiPO). "
+                                 "L1 = max_new_tokens rounded up to the block. 'gen_len' is read as "
+                                 "'response'. Unit: none.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_norm(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("loss_norm") == "gen_len":
+            data = {**data, "loss_norm": "response"}
+        return data
 
     @model_validator(mode="after")
     def _check(self):
-        if self.old_logprobs == "detach" and (self.updates_per_step != 1 or self.epochs_per_step != 1):
-            raise ValueError("old_logprobs='detach' (on-policy) needs updates_per_step = epochs_per_step = 1")
+        if self.old_logprobs == "detach" and (self.minibatch != "responses" or self.updates_per_step != 1
+                                              or self.epochs_per_step != 1):
+            raise ValueError("old_logprobs='detach' (on-policy) needs minibatch='responses' and "
+                             "updates_per_step = epochs_per_step = 1")
         return self
 
 
@@ -233,6 +288,90 @@ def token_values(vnet: torch.nn.Module, batch: TrajectoryBatch, family: str, *, 
 
 def _chunks(idx: list[int], n: int) -> list[list[int]]:
     return [idx[i:i + n] for i in range(0, len(idx), n)]
+
+
+# --------------------------------------------------------------------------- update plan
+@dataclasses.dataclass
+class MiniBatch:
+    """One optimizer step's share of a rollout batch.
+
+    Attributes:
+        responses: batch indices of the responses it touches, in first-row order.
+        mask: ``[len(responses), L]`` bool — the tokens trained in this step (a response's
+            trainable tokens restricted to the step's round rows).
+        rows: its round rows ``(response index, round id)`` in plan order.
+    """
+
+    responses: list[int]
+    mask: torch.Tensor
+    rows: list[tuple[int, int]]
+
+
+def update_plan(rid: torch.Tensor, mask: torch.Tensor, *, minibatch: str, rows_per_update: int,
+                partial_update: str, updates_per_step: int, epochs: int, shuffle: bool,
+                g: torch.Generator) -> tuple[list[list[MiniBatch]], int]:
+    """The sequence of optimizer steps of one RL step's update.
+
+    ``minibatch='round_rows'`` (TraceRL as published; dLLM-RL ``train/rl_trado.py`` @10b4fd1
+    lines 514-576 build the rows, 600-606 the DataLoader, 769-820 the loop): the round rows
+    (:func:`.trajectory.round_rows`: response by response, rounds ascending) are, per pass,
+    taken in that order (or a permutation drawn from ``g`` when ``shuffle``) and cut into
+    consecutive mini-batches of ``rows_per_update`` rows, one optimizer step each; a last,
+    shorter mini-batch is dropped (``partial_update='drop'``; in dLLM-RL its gradients are
+    accumulated but never applied) or stepped (``'step'``). ``minibatch='responses'``: the
+    responses (permuted when ``shuffle``) are cut into ``updates_per_step`` mini-batches of
+    ``ceil(n / updates_per_step)`` whole responses. ``epochs`` passes either way.
+
+    Args:
+        rid: ``[b, L]`` long round ids (-1 = not trainable); mask: ``[b, L]`` bool trainable.
+        g: CPU generator (the RL step's; only drawn from when ``shuffle``).
+
+    Returns:
+        ``(passes, dropped_rows)``: per pass the list of :class:`MiniBatch`, and the number of
+        round rows (over all passes) that got no optimizer step.
+
+    Raises:
+        ValueError: unknown ``minibatch`` / ``partial_update``.
+    """
+    rows = round_rows(rid)
+    passes: list[list[MiniBatch]] = []
+    dropped = 0
+
+    def make(chunk: list[tuple[int, int]]) -> MiniBatch:
+        resp: list[int] = []
+        rounds: dict[int, list[int]] = {}
+        for i, r in chunk:
+            if i not in rounds:
+                resp.append(i)
+                rounds[i] = []
+            rounds[i].append(r)
+        m = torch.stack([mask[i] & torch.isin(rid[i], torch.as_tensor(rounds[i], dtype=rid.dtype))
+                         for i in resp]) if resp else mask[:0]
+        return MiniBatch(resp, m, list(chunk))
+
+    if minibatch == "round_rows":
+        if partial_update not in ("drop", "step"):
+            raise ValueError(f"unknown partial_update {partial_update!r}")
+        for _ in range(epochs):
+            order = torch.randperm(len(rows), generator=g).tolist() if shuffle else list(range(len(rows)))
+            seq = [rows[k] for k in order]
+            chunks = [seq[k:k + rows_per_update] for k in range(0, len(seq), rows_per_update)]
+            if chunks and len(chunks[-1]) < rows_per_update and partial_update == "drop":
+                dropped += len(chunks.pop())
+            passes.append([make(c) for c in chunks])
+    elif minibatch == "responses":
+        n = rid.shape[0]
+        by_resp: dict[int, list[tuple[int, int]]] = {}
+        for i, r in rows:
+            by_resp.setdefault(i, []).append((i, r))
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+            size = math.ceil(n / updates_per_step) if n else 1
+            mbs = [make([row for i in perm[k:k + size] for row in by_resp.get(i, [])]) for k in range(0, n, size)]
+            passes.append([mb for mb in mbs if mb.responses])
+    else:
+        raise ValueError(f"unknown minibatch {minibatch!r}")
+    return passes, dropped
 
 
 # --------------------------------------------------------------------------- trainer
@@ -380,7 +519,9 @@ class RLTrainer:
             ref_net = eng.prepare_frozen(PolicyNet(adapter.clone().model, adapter.attn_backend))
         vnet = build_value_net(cfg.value, adapter, eng.device) if cfg.value else None
         net = PolicyNet(adapter.model, adapter.attn_backend)
-        total_updates = cfg.max_steps * cfg.updates_per_step * cfg.epochs_per_step
+        # the LR schedule counts optimizer steps (minibatch=responses) or RL steps (round_rows)
+        total_updates = (cfg.max_steps if cfg.minibatch == "round_rows"
+                         else cfg.max_steps * cfg.updates_per_step * cfg.epochs_per_step)
         opt = sched = None
         if self.train_policy:
             net.train()
@@ -411,7 +552,9 @@ class RLTrainer:
                     "value_model": cfg.value is not None, "run_dir": str(run_dir), "parent": adapter.training}
         extra = {}
         if self.train_policy:
-            training.update({"kl_anchor": cfg.kl_anchor, "kl_beta": cfg.kl_beta})
+            training.update({"kl_anchor": cfg.kl_anchor, "kl_beta": cfg.kl_beta, "minibatch": cfg.minibatch,
+                             "rows_per_update": cfg.rows_per_update if cfg.minibatch == "round_rows" else None,
+                             "loss_norm": cfg.loss_norm})
             final = eng.save_final(model, self.final_adapter(adapter), run_dir / "final", training)
             if vmodel is not None:
                 extra["value"] = str(save_value_net(eng, vmodel, run_dir / "value"))
@@ -462,6 +605,7 @@ class RLTrainer:
                         if adapter.mask_token_id is not None else adapter.pad_token_id, pad_id=adapter.pad_token_id)
         kept_adv = seq_adv[torch.as_tensor(kept)][torch.as_tensor(src)]
         n_rows = batch.size
+        rid = self.round_ids(batch, family)
         unit = B_t if family == "block" else 1
         gen_len = int(math.ceil(int(cfg.sampler_args.get("max_new_tokens", batch.gen_len)) / unit) * unit)
         kw = dict(family=family, layout=cfg.layout, rows_per_forward=cfg.rows_per_forward)
@@ -477,7 +621,8 @@ class RLTrainer:
                                    for c in _chunks(list(range(n_rows)), cfg.micro_batch_size)])
             gae: GAEResult = step_gae(v_old, v_reward, batch.steps, batch.mask, cfg.value.gamma, cfg.value.lam)
             adv = gae.advantages
-            metrics.update(self._value_update(eng, vmodel, vopt, vsched, batch, v_old, gae.returns, gen_len, g, kw))
+            metrics.update(self._value_update(eng, vmodel, vopt, vsched, batch, v_old, gae.returns, gen_len, g, kw,
+                                              rid))
             metrics["value_mean"] = float((v_old * batch.mask).sum() / batch.mask.sum().clamp_min(1))
         if not self.train_policy or (vmodel is not None and step < cfg.value.warmup_steps):
             metrics.update({"policy_frozen": 1, "step_s": time.perf_counter() - t_step})
@@ -492,49 +637,76 @@ class RLTrainer:
                 old = torch.cat([token_logprobs(model, batch.select(c), **lp_kw).cpu() for c in chunks])
             if cfg.kl_anchor == "reference" and ref_net is not None:
                 anchor = torch.cat([token_logprobs(ref_net, batch.select(c), **lp_kw).cpu() for c in chunks])
-        metrics.update(self._policy_update(eng, model, opt, sched, batch, adv, old, anchor, gen_len, g, lp_kw))
+        metrics.update(self._policy_update(eng, model, opt, sched, batch, adv, old, anchor, gen_len, g, lp_kw, rid,
+                                           self.rows_per_response(family, B_t)))
         dt = time.perf_counter() - t_train
         n_tok = int(batch.mask.sum())
         metrics.update({"train_s": dt, "train_tokens_per_s": n_tok / dt if dt > 0 else 0.0, "train_rows": n_rows,
+                        "round_rows": len(round_rows(rid)),
                         "trainable_tokens": n_tok, "lr": eng.current_lr(sched),
                         "step_s": time.perf_counter() - t_step})
         return metrics
 
     # ------------------------------------------------------------------ updates
-    def _minibatches(self, n: int, g: torch.Generator) -> list[list[list[int]]]:
-        """Per pass, ``updates_per_step`` shuffled minibatches of row indices."""
+    def round_ids(self, batch: TrajectoryBatch, family: str) -> torch.Tensor:
+        """``[b, L]`` round row of every trainable token (:func:`.trajectory.round_ids`);
+        random-mask RL overrides it (one row per noised copy)."""
+        return round_ids(batch, family)
+
+    def rows_per_response(self, family: str, block_size: int) -> int | None:
+        """Rows every response counts for under ``loss_norm='row_mean'`` (DiRL: block_size /
+        shrink, grpo.py@ec4bfb3 lines 163-168); None for full-attention and AR models."""
+        return max(block_size // self.config.shrink, 1) if family == "block" else None
+
+    def _plan(self, eng: Engine, batch: TrajectoryBatch, rid: torch.Tensor,
+              g: torch.Generator) -> tuple[list[list[MiniBatch]], int]:
+        """The optimizer steps of one update (:func:`update_plan`), cut to the same count on
+        every process (a process with more mini-batches drops its extra ones)."""
         cfg = self.config
-        passes = []
-        for _ in range(cfg.epochs_per_step):
-            perm = torch.randperm(n, generator=g).tolist() if cfg.updates_per_step > 1 else list(range(n))
-            size = math.ceil(n / cfg.updates_per_step)
-            passes.append([perm[i:i + size] for i in range(0, n, size)])
-        return passes
+        passes, dropped = update_plan(rid, batch.mask, minibatch=cfg.minibatch, rows_per_update=cfg.rows_per_update,
+                                      partial_update=cfg.partial_update, updates_per_step=cfg.updates_per_step,
+                                      epochs=cfg.epochs_per_step, shuffle=cfg.shuffle, g=g)
+        out = []
+        for mbs in passes:
+            n = eng.min_over_processes(len(mbs))
+            dropped += sum(len(mb.rows) for mb in mbs[n:])
+            out.append(mbs[:n])
+        return out, dropped
 
     def _policy_update(self, eng: Engine, model, opt, sched, batch: TrajectoryBatch, adv: torch.Tensor,
                        old: torch.Tensor | None, anchor: torch.Tensor | None, gen_len: int, g: torch.Generator,
-                       lp_kw: dict[str, Any]) -> dict[str, float]:
+                       lp_kw: dict[str, Any], rid: torch.Tensor, rows_per_response: int | None) -> dict[str, float]:
+        """Optimizer steps of the policy over the plan's mini-batches; fills
+        ``self.last_update_trace`` with one record per optimizer step."""
         cfg = self.config
         agg = {"clip_frac": 0.0, "ratio_mean": 0.0, "kl": 0.0, "pg_loss": 0.0, "loss": 0.0}
-        n_tok_total, grad_norms, first = 0, [], None
-        for mbs in self._minibatches(batch.size, g):
+        n_tok_total, grad_norms, trace = 0, [], []
+        step_sched = sched if cfg.minibatch == "responses" else None
+        passes, dropped = self._plan(eng, batch, rid, g)
+        for p, mbs in enumerate(passes):
             for mb in mbs:
-                sub_mask = batch.mask[mb]
-                denom = loss_normaliser(sub_mask, cfg.loss_norm, gen_len)
-                micro = _chunks(mb, cfg.micro_batch_size)
-                mb_stats = {"clip_frac": 0.0, "ratio_max_dev": 0.0, "n": 0}
+                # row_mean weighs tokens unequally; the other normalisers divide the step's sum by a constant
+                w = (token_weights(mb.mask, rid[mb.responses], cfg.loss_norm, gen_len, rows_per_response)
+                     if cfg.loss_norm == "row_mean" else None)
+                denom = loss_normaliser(mb.mask, rid[mb.responses], cfg.loss_norm, gen_len) if w is None else 1.0
+                micro = _chunks(list(range(len(mb.responses))), cfg.micro_batch_size)
+                rec = {"pass": p, "rows": list(mb.rows), "loss": 0.0, "clip_frac": 0.0, "ratio_max_dev": 0.0,
+                       "kl": 0.0, "n_tokens": 0}
                 for k, c in enumerate(micro):
                     is_last = k == len(micro) - 1
-                    sub = batch.select(c)
+                    ix = [mb.responses[x] for x in c]
+                    sub = dataclasses.replace(batch.select(ix), mask=mb.mask[c])
                     with eng.sync_context(model, is_last):
                         lp = token_logprobs(model, sub, **lp_kw)
                         dev = lp.device
-                        o = old[c].to(dev) if old is not None else lp.detach()
-                        a = anchor[c].to(dev) if anchor is not None else (o if cfg.kl_anchor == "old" else None)
-                        loss_sum, st = clipped_policy_terms(
-                            lp, o, adv[c].to(dev), sub.mask.to(dev), clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                            log_ratio_clamp=cfg.log_ratio_clamp, anchor_logp=a, kl_beta=cfg.kl_beta)
-                        loss = loss_sum / denom
+                        o = old[ix].to(dev) if old is not None else lp.detach()
+                        a = anchor[ix].to(dev) if anchor is not None else (o if cfg.kl_anchor == "old" else None)
+                        loss, st = clipped_policy_terms(
+                            lp, o, adv[ix].to(dev), sub.mask.to(dev), clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                            log_ratio_clamp=cfg.log_ratio_clamp, anchor_logp=a, kl_beta=cfg.kl_beta,
+                            weights=w[c].to(dev) if w is not None else None)
+                        if w is None:
+                            loss = loss / denom
                         eng.backward(model, loss, is_last)
                     n = st.n_tokens
                     n_tok_total += n
@@ -542,39 +714,63 @@ class RLTrainer:
                                      ("pg_loss", st.pg)):
                         agg[key] += val * n
                     agg["loss"] += float(loss.detach())
-                    mb_stats["clip_frac"] += st.clip_frac * n
-                    mb_stats["ratio_max_dev"] = max(mb_stats["ratio_max_dev"], st.ratio_max_dev)
-                    mb_stats["n"] += n
-                grad_norms.append(eng.optimizer_step(model, opt, sched))
-                if first is None:
-                    first = {"first_clip_frac": mb_stats["clip_frac"] / max(mb_stats["n"], 1),
-                             "first_ratio_max_dev": mb_stats["ratio_max_dev"]}
+                    rec["loss"] += float(loss.detach())
+                    rec["clip_frac"] += st.clip_frac * n
+                    rec["kl"] += st.kl * n
+                    rec["ratio_max_dev"] = max(rec["ratio_max_dev"], st.ratio_max_dev)
+                    rec["n_tokens"] += n
+                rec["grad_norm"] = eng.optimizer_step(model, opt, step_sched)
+                grad_norms.append(rec["grad_norm"])
+                rec["clip_frac"] /= max(rec["n_tokens"], 1)
+                rec["kl"] /= max(rec["n_tokens"], 1)
+                trace.append(rec)
+        if cfg.minibatch == "round_rows" and trace:
+            sched.step()  # the LR schedule counts updating RL steps here (optimizer steps per RL step vary)
+        self.last_update_trace = trace
         out = {k: (v / max(n_tok_total, 1) if k != "loss" else v) for k, v in agg.items()}
-        out.update(first or {})
+        if trace:
+            out.update({"first_clip_frac": trace[0]["clip_frac"], "first_ratio_max_dev": trace[0]["ratio_max_dev"],
+                        "last_clip_frac": trace[-1]["clip_frac"], "last_ratio_max_dev": trace[-1]["ratio_max_dev"],
+                        "ratio_max_dev": max(r["ratio_max_dev"] for r in trace)})
         out["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         out["optimizer_steps"] = len(grad_norms)
+        out["update_rows"] = sum(len(r["rows"]) for r in trace if r["pass"] == 0)
+        out["dropped_rows"] = dropped
+        if not trace:
+            log.warning("%s: no policy optimizer step this RL step (%d round rows < rows_per_update=%d, "
+                        "partial_update=drop)", self.name, dropped, cfg.rows_per_update)
         return out
 
     def _value_update(self, eng: Engine, vmodel, vopt, vsched, batch: TrajectoryBatch, v_old: torch.Tensor,
-                      returns: torch.Tensor, gen_len: int, g: torch.Generator, kw: dict[str, Any]) -> dict[str, float]:
+                      returns: torch.Tensor, gen_len: int, g: torch.Generator, kw: dict[str, Any],
+                      rid: torch.Tensor) -> dict[str, float]:
+        """Optimizer steps of the value model over the same kind of plan as the policy; the
+        value loss is weighted ``round_row`` (dLLM-RL train_trado_value.py@10b4fd1 lines
+        1004-1005, 1052) with minibatch=round_rows, else ``response``."""
         cfg = self.config
+        mode = "round_row" if cfg.minibatch == "round_rows" else "response"
+        step_sched = vsched if cfg.minibatch == "responses" else None
         losses, gns = [], []
-        for mbs in self._minibatches(batch.size, g):
+        passes, _ = self._plan(eng, batch, rid, g)
+        for mbs in passes:
             for mb in mbs:
-                denom = loss_normaliser(batch.mask[mb], "gen_len", gen_len)
-                micro = _chunks(mb, cfg.micro_batch_size)
+                denom = loss_normaliser(mb.mask, rid[mb.responses], mode, gen_len)
+                micro = _chunks(list(range(len(mb.responses))), cfg.micro_batch_size)
                 tot = 0.0
                 for k, c in enumerate(micro):
                     is_last = k == len(micro) - 1
-                    sub = batch.select(c)
+                    ix = [mb.responses[x] for x in c]
+                    sub = dataclasses.replace(batch.select(ix), mask=mb.mask[c])
                     with eng.sync_context(vmodel, is_last):
                         v = token_values(vmodel, sub, device=eng.device, **kw)
                         dev = v.device
-                        loss = clipped_value_terms(v, v_old[c].to(dev), returns[c].to(dev), sub.mask.to(dev),
+                        loss = clipped_value_terms(v, v_old[ix].to(dev), returns[ix].to(dev), sub.mask.to(dev),
                                                    cfg.value.clip) / denom
                         eng.backward(vmodel, loss, is_last)
                     tot += float(loss.detach())
                 losses.append(tot)
-                gns.append(eng.optimizer_step(vmodel, vopt, vsched))
+                gns.append(eng.optimizer_step(vmodel, vopt, step_sched))
+        if cfg.minibatch == "round_rows" and gns:
+            vsched.step()
         return {"value_loss": sum(losses) / max(len(losses), 1), "value_grad_norm": sum(gns) / max(len(gns), 1),
-                "value_lr": eng.current_lr(vsched)}
+                "value_lr": eng.current_lr(vsched), "value_optimizer_steps": len(gns)}

@@ -13,16 +13,29 @@ committed at that step, with the sequence's group-normalised advantage (or, with
   consecutive steps; the published default for LLaDA/Dream is s = 8).
 * AR models: the trajectory is the token order (plain GRPO with the same objective).
 
-**Loss** per optimizer step over a minibatch ``M`` of responses (``loss_norm="gen_len"``)::
+**Update procedure** (the defaults are the published one, dLLM-RL ``train/rl_trado.py`` and
+``configs/rl_trado.yaml`` @10b4fd1; docs/tracerl-procedure.md): π_old is scored once on
+the whole rollout batch before any update; the batch's *round rows* (one row = one round
+of one response: in every block the tokens of the block's r-th step,
+:func:`dllm_bench.trainers.trajectory.round_ids`) are taken in rollout order and cut into
+mini-batches of ``rows_per_update`` = 32 rows, one optimizer step each, one pass
+(``epochs_per_step`` 1), no shuffling, the last incomplete mini-batch dropped
+(``partial_update: drop``). Every step after the first is off-policy, so the clip and the
+KL to π_old act. ``minibatch: responses`` with ``updates_per_step: 1`` restores the former
+single on-policy update per RL step.
 
-    L = 1/(|M|·L1) Σ_{i∈M} Σ_{j trainable} [ −min(ρ_ij A_ij, clip(ρ_ij, 1−ε_low, 1+ε_high) A_ij)
-                                              + β (exp(−k_ij) − 1 + k_ij) ]
+**Loss** of an optimizer step over its rows ``M`` (``loss_norm: round_row``)::
+
+    L = 1/(|M|·L1) Σ_{rows ∈ M} Σ_{j ∈ row} [ −min(ρ_j A_j, clip(ρ_j, 1−ε_low, 1+ε_high) A_j)
+                                              + β (exp(−k_j) − 1 + k_j) ]
 
 with ``ρ = exp(clamp(log π_θ − log π_old, ±c))``, ``k = log π_θ − log π_anchor`` (anchor π_old
 by default, TraceRL; or a frozen reference) and L1 the sampler's ``max_new_tokens`` rounded
-up to the block size; ``loss_norm="tokens"`` divides by the number of trainable tokens
-instead. Defaults follow ``configs/rl_trado.yaml`` (§1.10): lr 1e-6, ε 0.2, β 0.01, KL to
-π_old, shrink 1, groups kept when 0.2 <= mean reward <= 0.8.
+up to the block size (rl_trado.py lines 731-760 and 807: a row's sum / L1, averaged over the
+gradient_accumulation_steps rows). ``loss_norm: response`` divides by responses × L1
+instead (the former default), ``tokens`` by the number of trainable tokens. Other defaults
+follow ``configs/rl_trado.yaml`` (§1.10): lr 1e-6, ε 0.2, β 0.01, KL to π_old, shrink 1,
+groups kept when 0.2 <= mean reward <= 0.8.
 """
 
 from __future__ import annotations

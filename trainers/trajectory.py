@@ -213,6 +213,74 @@ def collate(trajs: Sequence[Trajectory], *, family: Family, block_size: int, shr
                            mask, block_size, mask_id, pad_id)
 
 
+# ------------------------------------------------------------------- round rows
+def round_ids(batch: TrajectoryBatch, family: Family) -> torch.Tensor:
+    """The TraceRL *round row* of every trainable token (the unit of TraceRL's mini-batches).
+
+    Rule (dLLM-RL ``train/rl_trado.py`` ``one_round_vectorized`` / ``collect_training_data``,
+    commit 10b4fd1, lines 366-424 and 514-576, restated): the response is cut into groups
+    (``block_size`` tokens for block models, the whole response for full attention, one
+    token for AR). Round r of a response takes, in every group, the tokens of the group's
+    r-th smallest distinct (shrunk) step. The steps counted are those of *every* real
+    response token — trainable or not (tokens after EOS keep their step) — so a group whose
+    r-th step decoded only untrainable tokens contributes nothing to round r. One round is
+    one training row ``[prompt ; clean ; masked copy]`` in dLLM-RL; rounds without any
+    trainable token are dropped there and have no id here.
+
+    Args:
+        batch: a collated :class:`TrajectoryBatch` (steps already shrunk).
+        family: ``block`` / ``full`` / ``ar``.
+
+    Returns:
+        ``[b, L]`` long: the round r >= 0 of each trainable token, -1 where ``batch.mask`` is
+        False. Round ids of a response need not be contiguous (an untrainable round is skipped).
+
+    Raises:
+        ValueError: unknown family.
+    """
+    if family == "block":
+        g = batch.block_size
+    elif family == "full":
+        g = batch.gen_len
+    elif family == "ar":
+        g = 1
+    else:
+        raise ValueError(f"unknown model family {family!r}")
+    b, L = batch.steps.shape
+    out = torch.full((b, L), -1, dtype=torch.long)
+    if b == 0 or L == 0:
+        return out
+    steps = batch.steps.cpu()
+    mask = batch.mask.cpu()
+    for i in range(b):
+        st = steps[i].view(L // g, g)                         # [groups, g]
+        real = st < INF_STEP
+        srt, _ = torch.sort(torch.where(real, st, torch.full_like(st, INF_STEP)), dim=1)
+        first = torch.ones_like(srt, dtype=torch.bool)
+        first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        first &= srt < INF_STEP                                # distinct real steps of each group
+        # rank of a token's step among its group's distinct real steps
+        rank = ((srt[:, None, :] < st[:, :, None]) & first[:, None, :]).sum(-1)
+        out[i] = torch.where(mask[i], rank.flatten(), torch.full_like(out[i], -1))
+    return out
+
+
+def round_rows(rid: torch.Tensor) -> list[tuple[int, int]]:
+    """The round rows of a batch in dLLM-RL's order: response by response, rounds ascending.
+
+    Args:
+        rid: ``[b, L]`` long round ids from :func:`round_ids` (-1 = not trainable).
+
+    Returns:
+        ``[(response index, round id), ...]`` — one entry per row with >= 1 trainable token.
+    """
+    rows = []
+    for i in range(rid.shape[0]):
+        r = rid[i][rid[i] >= 0]
+        rows += [(i, int(x)) for x in torch.unique(r, sorted=True).tolist()]
+    return rows
+
+
 # ------------------------------------------------------------------- model inputs
 @dataclass
 class ForwardInputs:

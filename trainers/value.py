@@ -8,10 +8,13 @@ token's step. Per RL step, with a frozen rollout policy:
 1. roll out and score as in :mod:`.rl` (group z-scored rewards, group filtering);
 2. V_old = the values before the update (no grad); step-level GAE (γ, λ) gives the
    token returns R_j (:func:`.objectives.step_gae`; γ = λ = 1: R_j = R);
-3. ``updates_per_step`` optimizer steps on the clipped value loss
-   ``0.5 · max((V−R)², (V_old + clip(V−V_old, ±ε) − R)²)`` summed over trainable tokens and
-   divided by (responses × gen_len), with the value model's own AdamW and learning rate
-   (``value.lr``).
+3. optimizer steps on the clipped value loss
+   ``0.5 · max((V−R)², (V_old + clip(V−V_old, ±ε) − R)²)`` over the same mini-batches as the
+   policy (default: 32 round rows per step, dLLM-RL ``train/train_trado_value.py`` @10b4fd1
+   lines 1004-1005, 1052-1068; ``minibatch: responses``: ``updates_per_step`` mini-batches of
+   whole responses), each row's sum divided by L1 and averaged over the step's rows
+   (responses × L1 with ``minibatch: responses``), with the value model's own AdamW and
+   learning rate (``value.lr``).
 
 ``final/`` holds the value model (backbone in Hugging Face format + ``value_head.pt`` +
 ``dllm_bench_value.json``); pass it as ``value: {model: <run>/final}`` to ``tracerl`` to
