@@ -93,21 +93,25 @@ class PromptBatch:
 
 
 def left_pad_prompts(prompts: Sequence[Sequence[int]], block_size: int, pad_id: int,
-                     device: torch.device | str | None = None, alignment: str = "response") -> PromptBatch:
+                     device: torch.device | str | None = None, alignment: str = "response",
+                     allow_empty: bool = False) -> PromptBatch:
     """Left-pad ``prompts`` by the block rule of ``alignment`` (module docstring).
 
     ``response``: to P = max_i round_up(len_i, B), every prompt ending at column P.
     ``absolute``: row i padded by ``P - floor(len_i / B) * B`` with P = max_i floor(len_i / B) * B;
     its ``len_i mod B`` tail tokens occupy columns ``[P, P + tail_i)``.
 
+    ``allow_empty``: accept empty prompts (trainers under ``absolute`` alignment, where a
+    prompt shorter than B lies entirely inside the first response block).
+
     Raises:
-        ValueError: an empty prompt, block_size < 1 or an unknown alignment.
+        ValueError: an empty prompt (unless ``allow_empty``), block_size < 1 or an unknown alignment.
     """
     if block_size < 1:
         raise ValueError("block_size must be >= 1")
     if alignment not in ALIGNMENTS:
         raise ValueError(f"unknown block alignment {alignment!r}; expected one of {ALIGNMENTS}")
-    if any(len(p) == 0 for p in prompts):
+    if not allow_empty and any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt")
     lens = [len(p) for p in prompts]
     B = block_size

@@ -222,3 +222,47 @@ def test_chunked_head_matches_full_logits(block_model, monkeypatch):
                              torch.zeros(batch.size, batch.gen_len))
     for a, b in zip(full, generic):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_absolute_alignment_training_states_are_the_rollout_states(block_model):
+    """Released SDAR / TraDo convention (blocks from position 0, the prompt's tail in the first
+    block): rollouts decoded that way and trained with the same alignment score every token
+    with exactly the probability the sampler recorded; another alignment is refused."""
+    ad = block_model
+    smp = registry.create("samplers", "block-dynamic", {"temperature": 0.02, "max_new_tokens": 8,
+                                                        "confidence_threshold": 0.3, "block_alignment": "absolute"})
+    prompts = [ad.encode(s) for s in ("12+7=", "3*4= hello", "a", "abcd")]
+    assert {len(p) % 4 for p in prompts} != {0}
+    gens = smp.generate(ad, prompts, seed=1, record_trajectory=True)
+    trajs = [Trajectory(p, g.raw_token_ids, g.trajectory.step_map, len(g.raw_token_ids),
+                        block_alignment=g.trajectory.block_alignment) for p, g in zip(prompts, gens)]
+    with pytest.raises(ValueError, match="block alignment"):
+        collate(trajs, family="block", block_size=4, shrink=1, mask_id=ad.mask_token_id, pad_id=ad.pad_token_id)
+    batch = collate(trajs, family="block", block_size=4, shrink=1, mask_id=ad.mask_token_id,
+                    pad_id=ad.pad_token_id, alignment="absolute")
+    with torch.no_grad():
+        lp = token_logprobs(PolicyNet(ad.model), batch, "block", layout="packed", rows_per_forward=8,
+                            temperature=0.02, shift=0, device=CPU, banned=ad.mask_token_id)
+    checked = 0
+    for i, (p, gen) in enumerate(zip(prompts, gens)):
+        tail = len(p) % 4
+        assert not bool(batch.mask[i, :tail].any())  # the prompt's tail is context, never a target
+        for c in gen.trajectory.steps:
+            for pos, conf in zip(c.positions, c.confidence):
+                assert abs(float(lp[i, tail + pos].exp()) - conf) < 1e-4
+                checked += 1
+    assert checked == sum(len(g.raw_token_ids) for g in gens)
+
+
+def test_sft_absolute_alignment_never_masks_the_prompt_tail(block_model):
+    from dllm_bench.trainers.sft import SFT
+
+    ex = [(list(range(65, 71)), [49, 50, 51, 257]), (list(range(70, 73)), [52, 257])]  # prompts of 6 and 3 tokens
+    sft = SFT({"model": "tiny-block-dlm", "block_alignment": "absolute", "mask_ratio_min": 1.0})
+    got = sft.build_inputs(ex, "block", block_model, 4, torch.Generator().manual_seed(0))
+    resp = got["targets"]
+    assert resp[0, :2].tolist() == [69, 70] and resp[1, :3].tolist() == [70, 71, 72]  # tails lead the response
+    assert got["weight"][0, :2].sum() == 0 and got["weight"][1, :3].sum() == 0
+    assert bool((got["weight"][0, 2:6] > 0).all())  # mask ratio 1: every real response token is a target
+    # trained slots: two blocks each (EOS-filled to the block end) minus the prompt tails
+    assert got["n_resp"] == (8 - 2) + (8 - 3)

@@ -110,6 +110,11 @@ class RolloutConfig(TrainConfig):
     max_prompt_tokens: int = Field(1024, ge=1, description="Drop prompts longer than this. Unit: tokens.")
     block_size: int | None = Field(None, ge=1, description="Training block size B_t (block models); null = the "
                                                            "rollout block size. Unit: tokens.")
+    block_alignment: Literal["response", "absolute"] | None = Field(
+        None, description="Block alignment (dllm_bench.blocks) of the rollouts and of training, one definition for "
+                          "both: response = the response starts a block; absolute = blocks from sequence position 0, "
+                          "the prompt's tail in the first block (released SDAR / TraDo convention). null = the "
+                          "model's convention. Unit: none.")
     shrink: int = Field(1, ge=1, description="Shrinkage s: merge s consecutive trajectory steps (per block for "
                                              "block models, globally for full attention). Unit: steps.")
     post_num: int = Field(0, ge=0, description="Train this many tokens after the first EOS. Unit: tokens.")
@@ -427,7 +432,19 @@ class RLTrainer:
             args["block_size"] = rb
             if args.get("denoising_steps") and args["denoising_steps"] > rb:
                 args["denoising_steps"] = rb
+        cls = registry.load("samplers", name)
+        if fam == "block" and "block_alignment" in getattr(cls.Config, "model_fields", {}):
+            given = args.get("block_alignment")
+            want = self.block_alignment(adapter)
+            if given is not None and given != want:
+                raise BadInputError(f"sampler_args.block_alignment={given!r} differs from the trainer's block "
+                                    f"alignment {want!r}: rollouts must be decoded with the blocks training uses")
+            args["block_alignment"] = want
         return registry.create("samplers", name, args)
+
+    def block_alignment(self, adapter: Any) -> str:
+        """The block alignment of rollouts and training: the config's, else the model's."""
+        return self.config.block_alignment or getattr(adapter, "block_alignment", "response")
 
     def rollout(self, engine: Engine, model: torch.nn.Module, adapter: Any, sampler: Any, docs: list[Any],
                 prompts: list[list[int]], step: int) -> tuple[list[Trajectory], dict[str, float]]:
@@ -465,7 +482,8 @@ class RLTrainer:
                 n_tr = min(len(raw), len(gen.token_ids))
             trajs.append(Trajectory(prompt_ids=list(p), response_ids=raw, step_map=sm, n_trainable=n_tr, group=gi,
                                     doc_id=docs[gi].id, text=gen.text,
-                                    extra={"finish_reason": gen.finish_reason, "nfe": gen.nfe}))
+                                    extra={"finish_reason": gen.finish_reason, "nfe": gen.nfe},
+                                    block_alignment=getattr(gen.trajectory, "block_alignment", "response")))
         gen_tokens = sum(len(g.token_ids) for g in gens)
         nfe = sum(g.nfe for g in gens)
         stats = {"rollout_s": wall, "rollout_tokens_per_s": gen_tokens / wall if wall > 0 else 0.0,
@@ -601,8 +619,12 @@ class RLTrainer:
             return metrics
         B_t = self.train_block_size(step, adapter)
         rows, src = self.training_batch([trajs[i] for i in kept], step, adapter, family, g)
-        batch = collate(rows, family=family, block_size=B_t, shrink=cfg.shrink, mask_id=adapter.mask_token_id
-                        if adapter.mask_token_id is not None else adapter.pad_token_id, pad_id=adapter.pad_token_id)
+        try:
+            batch = collate(rows, family=family, block_size=B_t, shrink=cfg.shrink,
+                            mask_id=adapter.mask_token_id if adapter.mask_token_id is not None else adapter.pad_token_id,
+                            pad_id=adapter.pad_token_id, alignment=self.block_alignment(adapter))
+        except ValueError as exc:
+            raise BadInputError(str(exc)) from None
         kept_adv = seq_adv[torch.as_tensor(kept)][torch.as_tensor(src)]
         n_rows = batch.size
         rid = self.round_ids(batch, family)

@@ -68,6 +68,11 @@ class SFTConfig(TrainConfig):
                             "ar -> ar. Unit: none.")
     block_size: int | None = Field(None, ge=1, description="Training block size B (block mode); None = the "
                                                            "model's. Unit: tokens.")
+    block_alignment: Literal["response", "absolute"] | None = Field(
+        None, description="Block mode: where blocks start (dllm_bench.blocks): response = the response starts a "
+                          "block; absolute = blocks from sequence position 0, the prompt's tail sharing the first "
+                          "block as unmasked, untrained context (SDAR's own training mask). null = the model's "
+                          "convention. Unit: none.")
     batch_size: int = Field(16, ge=1, description="Examples per optimizer step (per process). Unit: examples.")
     micro_batch_size: int = Field(8, ge=1, description="Examples per forward (gradient accumulation inside a "
                                                        "step). Unit: examples.")
@@ -187,12 +192,17 @@ class SFT:
         """
         cfg = self.config
         pad, mask_id, eos = adapter.pad_token_id, adapter.mask_token_id, adapter.eos_token_id
-        prompts = [p for p, _ in examples]
         unit = B if mode == "block" else 1
+        tails = [0] * len(examples)
+        if mode == "block" and (cfg.block_alignment or getattr(adapter, "block_alignment", "response")) == "absolute":
+            # blocks from position 0: the prompt's tail is unmasked context at the head of the first block
+            tails = [len(p) % B for p, _ in examples]
+            examples = [(p[:len(p) - t], p[len(p) - t:] + list(r)) for (p, r), t in zip(examples, tails)]
+        prompts = [p for p, _ in examples]
         resp_lens = [round_up(len(r), unit) for _, r in examples]
         L = max(resp_lens)
         n = len(examples)
-        pb = left_pad_prompts(prompts, unit, pad)
+        pb = left_pad_prompts(prompts, unit, pad, allow_empty=True)
         P = pb.padded_len
         resp = torch.full((n, L), pad, dtype=torch.long)
         real = torch.zeros((n, L), dtype=torch.bool)
@@ -219,6 +229,8 @@ class SFT:
             t = lo + (hi - lo) * torch.rand((n, 1), generator=g)
             t_tok = t.expand(n, L)
         u = torch.rand((n, L), generator=g)
+        ctx = jj < torch.as_tensor(tails)[:, None]  # absolute alignment: prompt tail, never masked or trained
+        real = real & ~ctx
         masked = (u < t_tok) & real
         # at least one masked token per group (block or example): the real token with the smallest draw
         gsize = B if mode == "block" else L

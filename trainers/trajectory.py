@@ -47,6 +47,9 @@ from dllm_bench.blocks import block_causal_mask, left_pad_prompts, response_posi
 Family = Literal["block", "full", "ar"]
 INF_STEP = 1 << 40
 """Step id given to padding (never a target, masked in every state)."""
+CONTEXT_STEP = 0
+"""Step id of prompt tokens moved into the first response block under ``absolute`` block
+alignment (:func:`collate`): visible in every state, never a target, not a trajectory step."""
 
 
 @dataclass
@@ -68,6 +71,8 @@ class Trajectory:
         train_mask: optional per-token bool list; when given, only tokens that are True (and
             inside ``n_trainable``) are trained (random-masking RL).
         extra: anything else (finish reason, NFE).
+        block_alignment: the block alignment the rollout was decoded under
+            (:mod:`dllm_bench.blocks`); :func:`collate` refuses a trajectory of another one.
     """
 
     prompt_ids: list[int]
@@ -80,6 +85,7 @@ class Trajectory:
     text: str = ""
     train_mask: list[bool] | None = None
     extra: dict = field(default_factory=dict)
+    block_alignment: str = "response"
 
 
 def trainable_length(response_ids: Sequence[int], eos_ids: Sequence[int], post_num: int = 0) -> int:
@@ -114,7 +120,7 @@ def shrink_steps(steps: torch.Tensor, group_len: int, shrink: int) -> torch.Tens
     for i in range(b):
         for start in range(0, L, group_len):
             seg = steps[i, start:start + group_len]
-            real = seg[seg < INF_STEP]
+            real = seg[(seg < INF_STEP) & (seg > CONTEXT_STEP)]
             if real.numel() == 0:
                 continue
             uniq = torch.unique(real, sorted=True)
@@ -178,22 +184,38 @@ class TrajectoryBatch:
 
 
 def collate(trajs: Sequence[Trajectory], *, family: Family, block_size: int, shrink: int,
-            mask_id: int, pad_id: int) -> TrajectoryBatch:
+            mask_id: int, pad_id: int, alignment: str = "response") -> TrajectoryBatch:
     """Pad trajectories into a :class:`TrajectoryBatch` and apply the shrinkage.
 
     Block models shrink per block (§1.3), full-attention models over the whole response,
     AR models never (``shrink`` is ignored).
 
+    Block alignment (:mod:`dllm_bench.blocks`, one definition for samplers and trainers):
+    ``response`` pads prompts to a multiple of B so the response starts a block. ``absolute``
+    counts blocks from sequence position 0: the prompt's last ``n mod B`` tokens share the
+    first response block, so they are moved to the head of the response with
+    ``CONTEXT_STEP`` (visible in every training state, never a target, not a step) — the
+    packed layouts then see exactly the blocks the sampler decoded.
+
     Raises:
-        ValueError: a step map whose length differs from its response, or a block-model
-            response that is not a whole number of blocks.
+        ValueError: a step map whose length differs from its response, an unknown alignment,
+            or a trajectory decoded under another block alignment than ``alignment``.
     """
+    from dllm_bench.blocks import ALIGNMENTS
+
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"unknown block alignment {alignment!r}; expected one of {ALIGNMENTS}")
     B = block_size if family == "block" else 1
     for t in trajs:
         if len(t.step_map) != len(t.response_ids):
             raise ValueError(f"step map length {len(t.step_map)} != response length {len(t.response_ids)}")
+        if family == "block" and t.block_alignment != alignment:
+            raise ValueError(f"a trajectory decoded with {t.block_alignment!r} block alignment cannot be trained "
+                             f"with {alignment!r} alignment (its blocks would differ from the decoded ones)")
+    if family == "block" and alignment == "absolute":
+        trajs = [_tail_into_response(t, B) for t in trajs]
     L = max(round_up(max(len(t.response_ids), 1), B) for t in trajs)
-    pb = left_pad_prompts([t.prompt_ids for t in trajs], B, pad_id)
+    pb = left_pad_prompts([t.prompt_ids for t in trajs], B, pad_id, allow_empty=True)
     b = len(trajs)
     resp = torch.full((b, L), pad_id, dtype=torch.long)
     steps = torch.full((b, L), INF_STEP, dtype=torch.long)
@@ -211,6 +233,20 @@ def collate(trajs: Sequence[Trajectory], *, family: Family, block_size: int, shr
         steps = shrink_steps(steps, L, shrink)
     return TrajectoryBatch(pb.input_ids, pb.valid, pb.position_ids, pb.prompt_lens, resp, steps,
                            mask, block_size, mask_id, pad_id)
+
+
+def _tail_into_response(t: Trajectory, B: int) -> Trajectory:
+    """``absolute`` alignment: the prompt's ``n mod B`` tail becomes untrained context at the
+    head of the response (see :func:`collate`)."""
+    r = len(t.prompt_ids) % B
+    if r == 0:
+        return t
+    n = len(t.response_ids)
+    keep = list(t.train_mask[:n]) if t.train_mask is not None else [True] * n
+    return Trajectory(prompt_ids=t.prompt_ids[:-r], response_ids=t.prompt_ids[-r:] + list(t.response_ids),
+                      step_map=[CONTEXT_STEP] * r + list(t.step_map), n_trainable=r + t.n_trainable,
+                      reward=t.reward, group=t.group, doc_id=t.doc_id, text=t.text,
+                      train_mask=[False] * r + keep, extra=t.extra, block_alignment=t.block_alignment)
 
 
 # ------------------------------------------------------------------- round rows
@@ -254,7 +290,7 @@ def round_ids(batch: TrajectoryBatch, family: Family) -> torch.Tensor:
     mask = batch.mask.cpu()
     for i in range(b):
         st = steps[i].view(L // g, g)                         # [groups, g]
-        real = st < INF_STEP
+        real = (st < INF_STEP) & (st > CONTEXT_STEP)
         srt, _ = torch.sort(torch.where(real, st, torch.full_like(st, INF_STEP)), dim=1)
         first = torch.ones_like(srt, dtype=torch.bool)
         first[:, 1:] = srt[:, 1:] != srt[:, :-1]
