@@ -3,7 +3,8 @@
 Shapes (GPU, bf16, GQA like Qwen3-8B: 32 query heads / 8 key-value heads, head dim 128):
 
 * **decode**: the current block's B=4 queries against a committed context of 2k / 4k / 8k
-  tokens plus the block (dllm-algorithms.md §2.3), batch 8 / 16 / 32; uniform lengths
+  tokens plus the block (JetEngine's decode attention, dLLM-RL
+  ``sample/jetengine_ext/layers/attention.py`` at 10b4fd1), batch 8 / 16 / 32; uniform lengths
   (SDPA then needs no mask) and ragged left padding (``kv_start``; SDPA needs a mask).
 * **training**: the staircase mask over ``[prompt ; clean ; masked copy]`` (§1.3, §4.3),
   forward and forward+backward.

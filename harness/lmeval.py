@@ -38,7 +38,8 @@ of the sampler's ``Config`` (aliases: ``threshold`` -> ``confidence_threshold``,
 :class:`NotImplementedError`: a masked diffusion LM has no exact left-to-right
 likelihood; what exists is a Monte-Carlo ELBO (LLaDA's ``eval_llada.py`` uses 128 mask
 samples per continuation), a bound whose value depends on the estimator and its sample
-count, so its numbers are not comparable with AR log-likelihoods (dllm-algorithms.md §5.9).
+count, so its numbers are not comparable with AR log-likelihoods (LLaDA, arXiv 2502.09992;
+ML-GSAI/LLaDA ``eval_llada.py`` at b7e6c35).
 
 **lm-eval tasks through our samplers.** :func:`run_lmeval_task` (``dllm-bench eval --task
 lm-eval:<task>``) runs one lm-eval task with :class:`DllmBenchLM` and writes a normal

@@ -147,7 +147,8 @@ class SlotKVCache(_HFCache):
     ``[0, read_end)`` (default ``write_start + q``). The attention mask passed to the model
     must therefore be ``[batch, 1, q, read_end]``.
 
-    * Exact block-diffusion cache (dllm-algorithms.md §2.1/§2.3): prefill writes the prompt
+    * Exact block-diffusion cache (dLLM-RL ``generate.py`` and
+      ``sample/jetengine_ext/layers/attention.py`` at 10b4fd1): prefill writes the prompt
       ``[0, P)`` and :meth:`commit` marks it; each denoise forward of block ``[s, s+B)`` writes
       only the scratch slots ``[s, s+B)`` (the committed prefix ``[0, s)`` is never written)
       and reads ``[0, s+B)``; the commit forward rewrites ``[s, s+B)`` with the clean block's
@@ -407,7 +408,8 @@ class ModelAdapter:
                       position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final-layer hidden states ``[b, t, hidden]`` (after the final norm, before the LM head).
 
-        Used by value models (a ``hidden -> 1`` head on the backbone, dllm-algorithms.md §1.4).
+        Used by value models (a ``hidden -> 1`` head on the backbone, as in dLLM-RL
+        ``train/init_trado_value_model.py`` at 10b4fd1).
         Mask and position conventions as in :meth:`forward`.
         """
         kw = self._prep(input_ids, attention_mask, position_ids, None)

@@ -3,7 +3,8 @@
 This module states *what* is computed; :mod:`dllm_bench.samplers.triton_attention` holds the
 Triton kernels that compute it without materialising the mask, and FlexAttention computes
 it from :func:`flex_mask_mod`. The block rule is the project's (``dllm_bench.blocks``,
-dllm-algorithms.md §8.2): prompts are left-padded to a multiple of the block size ``B``, so
+whereas dLLM-RL at 10b4fd1 counts blocks from position 0 in ``generate.py`` but from the
+response start in ``train/rl_trado.py``): prompts are left-padded to a multiple of the block size ``B``, so
 response block ``r`` covers sequence columns ``[P + rB, P + (r+1)B)`` and the prompt is cut
 into blocks counted back from the response start.
 
@@ -17,9 +18,11 @@ query head ``h`` reads key/value head ``h // (n_heads // n_kv_heads)``):
    column ``k`` iff ``block(k) <= block(q)`` where ``block(j) = floor((j - block_origin) / B)``.
    At decode time the queries are the current block's ``B`` tokens appended after the
    committed cache, so they see every committed token and their own block bidirectionally
-   (JetEngine ``flash_attn_with_kvcache(causal=False)``, dllm-algorithms.md §2.3).
+   (JetEngine ``flash_attn_with_kvcache(causal=False)`` in dLLM-RL
+   ``sample/jetengine_ext/layers/attention.py`` at 10b4fd1).
 2. **Staircase training mask** (``copy_len == L > 0``; packed TraceRL / block SFT,
-   dllm-algorithms.md §1.3, §4.3, BD3-LM). The sequence is ``[prompt (P) ; clean x0 (L) ;
+   dLLM-RL ``train/rl_trado.py`` at 10b4fd1; DiRL, arXiv 2512.22234, §4.1; BD3-LM, arXiv
+   2503.09573). The sequence is ``[prompt (P) ; clean x0 (L) ;
    masked copy xt (L)]``, ``q_len == kv_len == P + 2L``; response block of a clean column is
    ``floor((j - P) / B)`` (negative for the prompt), of a masked-copy column
    ``floor((j - P - L) / B)``.

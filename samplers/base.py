@@ -13,7 +13,8 @@ position gets a candidate token ``x0`` and a confidence ``c``:
 The ``[MASK]`` token is never proposed (its logit is -inf before step 1).
 
 This is the rule of dLLM-RL's ``block_diffusion_generate`` and JetEngine
-(dllm-algorithms.md §2.1), except that the references also propose ``[MASK]`` (a recorded
+(``generate.py`` and ``sample/jetengine_ext/engine/scheduler.py`` at 10b4fd1), except that
+the references also propose ``[MASK]`` (a recorded
 difference: a proposed ``[MASK]`` would leave the position masked, and the reference's step
 loop would then run out of quota). Consequence (§8.1): with ``top_k == 1`` every
 confidence is 1.0, so a dynamic sampler unmasks the whole block in one step and a static
@@ -39,7 +40,8 @@ l. 177) for the block samplers, ``>=`` (Fast-dLLM keeps a candidate unless it is
 threshold) for full-diffusion; ``threshold_rule`` records it.
 
 **Cost accounting.** A sequence's ``nfe`` counts the forwards that denoise *that*
-sequence, as the references count them per sequence (dllm-algorithms.md §10.1): a
+sequence, as the references count them per sequence (dLLM-RL ``generate.py`` and JetEngine
+``scheduler.py`` at 10b4fd1; Fast-dLLM ``llada/generate.py`` at 24cc59e): a
 diffusion forward counts for a row only while that row's current block still holds
 ``[MASK]`` tokens (prefill and commit forwards, which only write K/V, and forwards in which
 a finished row rides along in the batch do not count); for AR every decode step of the
@@ -109,7 +111,7 @@ class StepCommit:
 
     Attributes:
         step: the sequence's 1-based denoise-step counter (prefill / commit forwards do not count,
-            dllm-algorithms.md §1.2).
+            as in dLLM-RL ``sample/jetengine_ext/engine/scheduler.py`` l. 149-163 at 10b4fd1).
         block: response block index (0-based).
         positions: response offsets (0-based, from the first generated token) unmasked now.
         tokens: their token ids.

@@ -1,6 +1,7 @@
 """Block-diffusion samplers: ``block-static`` and ``block-dynamic`` (SDAR / TraDo style).
 
-Decoding (dllm-algorithms.md §2.1, §2.2, §1.2), for a batch of prompts:
+Decoding (dLLM-RL ``generate.py::block_diffusion_generate`` and JetEngine
+``sample/jetengine_ext/engine/`` at 10b4fd1; SDAR, arXiv 2510.06303), for a batch of prompts:
 
 1. Prompts are left-padded by the block alignment (:mod:`dllm_bench.blocks`):
    ``response`` — to a multiple of the block size B, the response starts on a block
@@ -35,7 +36,8 @@ committed once the block is clean. Two exact ways to commit:
   as without a cache.
 * ``fuse_commit=False``: JetEngine / dLLM-RL style — a prefill forward over the prompt and a
   **commit forward** over each clean block before the next one: (denoise steps + 1)
-  forwards per block (dllm-algorithms.md §2.2, §7.2 "the SAVING pass is a pure tax").
+  forwards per block (the SAVING state of dLLM-RL ``sample/jetengine_ext/engine/scheduler.py``
+  at 10b4fd1: an extra forward per block that only writes K/V).
 
 Either way every cached forward computes what the uncached forward over ``[prompt ;
 decoded blocks ; current block]`` computes for the current block's queries, so greedy

@@ -1,7 +1,8 @@
 """``full-diffusion``: LLaDA-style semi-autoregressive low-confidence remasking over a
 full-attention masked-diffusion LM, with Fast-dLLM prefix and dual caches.
 
-Decoding (LLaDA ``generate``; dllm-algorithms.md §2.5): the sequence is
+Decoding (LLaDA ``generate``; Fast-dLLM, arXiv 2505.22618, §3.2, ``llada/generate.py`` at
+24cc59e): the sequence is
 ``[left pads | prompt ; L x [MASK]]`` with ``L = ceil(max_new_tokens / B) * B``; attention
 is bidirectional over every real token (pads excluded; position ids skip pads; the prompt
 is left-padded to a block multiple as for block models, :mod:`dllm_bench.blocks`).

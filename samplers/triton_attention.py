@@ -6,7 +6,8 @@ and ``triton`` and can be loaded by file path (``benchmarks/kernel_speed.py`` do
 machines without the package).
 
 Design (FlashAttention-2 online softmax, exp2 with ``log2 e`` folded into the scale, like
-JetEngine's ``sparse_attn_varlen_v2`` / ``fused_kv_cache_attention``, dllm-algorithms.md §2.4):
+JetEngine's ``sparse_attn_varlen_v2`` / ``fused_kv_cache_attention`` in dLLM-RL
+``sample/jetengine_ext/kernels/triton/attention/`` at 10b4fd1):
 
 * **GQA packing.** One program handles one key/value head and a tile of ``BLOCK_M`` *rows*,
   where row ``r`` is (query token ``r // G``, query head ``kv_head * G + r % G``) and

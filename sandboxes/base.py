@@ -9,7 +9,7 @@ Both backends execute the same in-sandbox runner (:mod:`dllm_bench.sandboxes.run
 a program sees the same world either way: a fresh ``__main__``, a writable work dir, its
 stdin on fd 0, a clean environment and the rlimits below.
 
-Success marker (anti reward-hacking, see dllm-algorithms.md §1.7: ``SystemExit`` counted
+Success marker (anti reward-hacking, see dLLM-RL reward/rl_execute.py at 10b4fd1: ``SystemExit`` counted
 as a pass in TraceRL's executor). When ``run(..., success_marker=m)`` is given, ``m`` is a
 fresh random nonce (:func:`new_marker`) that the runner prints only after the program —
 the candidate code *and* the test harness appended to it — returned normally. ``passed``

@@ -17,7 +17,7 @@ Scoring (scorer ``sandboxed-exec``):
   only when the run exits 0 **and** the runner printed the per-run success marker after
   the harness finished: ``SystemExit``/``exit()``/``os._exit(0)`` in the solution or in a
   test, a killed or timed-out program and a test that did not run never count
-  (dllm-algorithms.md §1.7: TraceRL's executor counted ``SystemExit`` as a pass).
+  (TraceRL's executor, dLLM-RL ``reward/rl_execute.py`` at 10b4fd1, counted ``SystemExit`` as a pass).
 * stdin/stdout tests (LiveCodeBench AtCoder problems): one sandbox run per test with the
   test's input on the program's real stdin; a test passes when the run exits 0 within its
   limits and the output matches (LiveCodeBench ``grade_stdio``: stripped lines, exact or

@@ -108,7 +108,7 @@ def test_dynamic_above_one_equals_static_one_token_per_step(bm, prompts):
 
 
 def test_top_k_one_makes_dynamic_commit_whole_blocks(bm, prompts):
-    """dllm-algorithms.md §8.1: confidence after top-k=1 filtering is 1.0 -> one step per block."""
+    """dLLM-RL generate.py (10b4fd1) takes confidence after top-k: top_k=1 -> 1.0 -> one step per block."""
     B, nb = 4, 3
     gens = _dynamic(block_size=B, top_k=1, temperature=1.0, max_new_tokens=B * nb).generate(
         bm, prompts, seed=0, record_trajectory=True)

@@ -17,7 +17,7 @@ from dllm_bench.trainers.trajectory import (INF_STEP, Trajectory, collate, round
 
 
 def naive_gae(values, reward, steps, mask, gamma, lam):
-    """Literal transcription of dllm-algorithms.md §1.4 for one response at a time."""
+    """Literal step-level GAE as in dLLM-RL train/train_trado_value.py at 10b4fd1, one response at a time."""
     b, L = values.shape
     R_out, A_out = torch.zeros(b, L), torch.zeros(b, L)
     for i in range(b):

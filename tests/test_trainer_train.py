@@ -203,7 +203,7 @@ def test_value_loss_decreases_on_fixed_batch():
 def test_optimizer_steps_per_rl_step_follow_the_config(tmp_path, partial):
     """floor (drop) or ceil (step) of round rows / rows_per_update optimizer steps per RL
     step; AdamW moments and step count carry over from one RL step to the next (dLLM-RL
-    rebuilds the optimizer every step; dllm-algorithms.md §8.6)."""
+    rebuilds AdamW every RL step in train/rl_trado.py at 10b4fd1)."""
     cfg = rl_config("tiny-block-dlm", max_steps=2, rows_per_update=20, partial_update=partial, micro_batch_size=12,
                     save_every=1)
     TRACERL(cfg, task=DigitTask()).train(tmp_path / "run")

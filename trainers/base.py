@@ -366,7 +366,8 @@ class PolicyNet(torch.nn.Module):
 
 
 class ValueNet(torch.nn.Module):
-    """Diffusion value model (dllm-algorithms.md §1.4): a backbone copy + ``Linear(hidden, 1,
+    """Diffusion value model (TraceRL, arXiv 2509.06949; dLLM-RL
+    ``train/init_trado_value_model.py`` at 10b4fd1): a backbone copy + ``Linear(hidden, 1,
     bias=False)`` head initialised to zero, so V ≡ 0 at the start.
 
     ``forward(input_ids, attention_mask, position_ids, gather_index) -> [n, K]`` float32 values

@@ -1,5 +1,6 @@
 """``block-adapt``: adapt a block-diffusion model to a larger block with TraceRL
-(dllm-algorithms.md §1.8).
+(TraceRL, arXiv 2509.06949; dLLM-RL ``configs/rl_trado.yaml`` at 10b4fd1 keeps separate
+``rollout.block_size`` and ``training.block_size``).
 
 Roll out with the model's native block size B_r, train with B_t > B_r (a multiple of B_r).
 A B_r trajectory is a valid decode order for B_t blocks — every token of a later B_r

@@ -1,4 +1,4 @@
-"""``dipo``: DiPO — DiRL's strictly on-policy TraceRL (dllm-algorithms.md §4.2).
+"""``dipo``: DiPO — DiRL's strictly on-policy TraceRL (DiRL, arXiv 2512.22234, §3.2 eqs. 6-7).
 
 TraceRL with shrink 1 taken fully on-policy: exactly one optimizer step per rollout batch
 (``minibatch: responses``, ``updates_per_step: 1``), so π_old = stop-grad(π_θ) and the ratio

@@ -1,7 +1,9 @@
 """RL objectives shared by the trainers: group advantages, step-level GAE, the clipped
 policy surrogate with a k3 KL term, and the clipped value loss.
 
-Notation (dllm-algorithms.md §1.3, §1.4, §4.2). Every tensor is laid out per response token:
+Notation (TraceRL, arXiv 2509.06949, as coded in dLLM-RL ``train/rl_trado.py`` and
+``train/train_trado_value.py`` at 10b4fd1; DiPO, arXiv 2512.22234, §3.2). Every tensor is
+laid out per response token:
 
 * ``b`` responses, ``L`` padded response length (tokens); ``[b, L]`` tensors are indexed by
   the response position ``j``;
@@ -205,7 +207,7 @@ def clipped_policy_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.
                          ) -> tuple[torch.Tensor, PolicyLossStats]:
     """Per-token PPO clipped surrogate + k3 KL, summed over ``mask`` (weighted by ``weights``).
 
-    For each trainable token (dllm-algorithms.md §1.3)::
+    For each trainable token (dLLM-RL ``train/rl_trado.py`` at 10b4fd1)::
 
         d_j = clamp(log π_θ(y_j) − log π_old(y_j), −c, c)     ρ_j = exp(d_j)
         ℓ_j = − min(ρ_j A_j, clip(ρ_j, 1 − ε_low, 1 + ε_high) A_j)

@@ -1,5 +1,5 @@
 """``random-mask-rl``: RL with random-masking likelihoods — the comparison baseline of
-TraceRL (dllm-algorithms.md §1.5 ``random_masking``; d1 / diffu-GRPO §5.3).
+TraceRL (dLLM-RL ``train/rl_trado.py`` ``random_masking`` at 10b4fd1; d1 / diffu-GRPO, arXiv 2504.12216).
 
 Instead of the decode trajectory, each response is scored on ``mask_copies`` random
 noised copies: in each copy a mask ratio t ~ U(mask_ratio_min, mask_ratio_max) is drawn

@@ -1,6 +1,7 @@
 """The RL loop shared by ``tracerl``, ``dipo``, ``block-adapt`` and ``random-mask-rl``.
 
-One RL step (dllm-algorithms.md §1.1, §1.3, §1.4, §4.2):
+One RL step (dLLM-RL ``rl.py``, ``train/rl_trado.py``, ``train/train_trado_value.py`` at
+10b4fd1; DiRL, arXiv 2512.22234, §3.2 and §4.2):
 
 1. **Rollout.** ``prompts_per_step`` task documents × ``samples_per_prompt`` samples are
    decoded by a sampler plugin with ``record_trajectory=True`` from the *current* weights

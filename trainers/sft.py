@@ -1,4 +1,5 @@
-"""Supervised fine-tuning for the three model families (dllm-algorithms.md §1.9, §4.3).
+"""Supervised fine-tuning for the three model families (dLLM-RL ``train/sft_trado.py`` at
+10b4fd1; DiRL, arXiv 2512.22234, §3.1 and §4.1).
 
 * **Block SFT** (``block-diffusion`` models, semi-autoregressive): each example is packed
   as ``[prompt (P) ; clean response x0 (L) ; masked copy xt (L)]`` with

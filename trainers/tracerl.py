@@ -1,4 +1,4 @@
-"""``tracerl``: TraceRL — trajectory-aware RL for diffusion LMs (dllm-algorithms.md §1).
+"""``tracerl``: TraceRL — trajectory-aware RL for diffusion LMs (arXiv 2509.06949, Gen-Verse/dLLM-RL@10b4fd1).
 
 Rollouts record every token's denoising step (the step map); training re-creates the
 sampler's state before each step and applies the clipped policy objective to the tokens

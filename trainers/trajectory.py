@@ -2,7 +2,8 @@
 naive per-step reference.
 
 A rollout records, per generated token, the global denoising step at which it was unmasked
-(its *step map*, dllm-algorithms.md §1.2). Training re-creates the sampler's state just
+(its *step map*; JetEngine's ``first_unmask_steps`` in dLLM-RL
+``sample/jetengine_ext/engine/sequence.py`` at 10b4fd1). Training re-creates the sampler's state just
 before each step and scores the tokens committed at that step (§1.3, TraceRL). Token ids
 come straight from the rollout — nothing is re-tokenised (§8.3).
 

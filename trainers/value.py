@@ -1,4 +1,4 @@
-"""``value``: train the diffusion value model alone (dllm-algorithms.md §1.4).
+"""``value``: train the diffusion value model alone (dLLM-RL ``train/train_trado_value.py`` at 10b4fd1).
 
 The value model is the policy's backbone plus a zero-initialised ``Linear(hidden, 1,
 bias=False)`` head (V ≡ 0 at the start). It reads the same packed trajectory rows as the
