@@ -6,7 +6,8 @@ Shapes (GPU, bf16, GQA like Qwen3-8B: 32 query heads / 8 key-value heads, head d
   tokens plus the block (JetEngine's decode attention, dLLM-RL
   ``sample/jetengine_ext/layers/attention.py`` at 10b4fd1), batch 8 / 16 / 32; uniform lengths
   (SDPA then needs no mask) and ragged left padding (``kv_start``; SDPA needs a mask).
-* **training**: the staircase mask over ``[prompt ; clean ; masked copy]`` (§1.3, §4.3),
+* **training**: the staircase mask over ``[prompt ; clean ; masked copy]`` (dLLM-RL
+  ``train/rl_trado.py`` at 10b4fd1; DiRL, arXiv 2512.22234, §4.1),
   forward and forward+backward.
 * **sampler** (optional, when ``dllm_bench`` and pydantic import): ``block-static`` tokens/s
   on a ~45M-parameter ``tiny-block-dlm`` per attention backend.

@@ -31,7 +31,8 @@ Layout of one batch (b sequences)::
 * A query at position q may attend key k iff ``k`` is real and ``k // B <= q // B``
   (block-causal: bidirectional inside the block, causal across blocks).
 
-Training layout (packed TraceRL / block SFT; §1.3 "[prompt ; clean ; masked copy]")::
+Training layout (packed TraceRL / block SFT; the "[prompt ; clean ; masked copy]" rows of
+dLLM-RL ``train/rl_trado.py`` at 10b4fd1)::
 
     [ prompt (P) ; clean response x0 (L) ; masked copy xt (L) ]   length P + 2L
 

@@ -15,7 +15,7 @@ Difference of a metric between entry ``a`` (the reference / baseline) and entry 
   over the problems both have, ``diff = mean(d)``, ``stderr = std(d, ddof=1) / sqrt(n)``.
   Problems that both entries got right (or wrong) cancel, so this is much tighter than the
   unpaired bound on the same items (lm-eval ``scripts/model_comparator.py`` is the
-  unpaired variant; see style-anchors §2.7).
+  unpaired variant; paired differences as in Miller, arXiv 2411.00640).
 * **stderr** (unpaired): ``diff = value_b - value_a``,
   ``stderr = sqrt(se_a^2 + se_b^2)`` from the entries' own metric stderrs (a missing
   stderr, e.g. n = 1, counts as 0 and is reported in ``note``).

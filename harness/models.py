@@ -153,7 +153,8 @@ class SlotKVCache(_HFCache):
       only the scratch slots ``[s, s+B)`` (the committed prefix ``[0, s)`` is never written)
       and reads ``[0, s+B)``; the commit forward rewrites ``[s, s+B)`` with the clean block's
       K/V and ``commit(s+B)``.
-    * Fast-dLLM prefix cache (§2.5): a full forward writes ``[0, T)``; window forwards over
+    * Fast-dLLM prefix cache (arXiv 2505.22618, §3.2; NVlabs/Fast-dLLM ``llada/generate.py`` at
+      24cc59e): a full forward writes ``[0, T)``; window forwards over
       ``[s, T)`` read the stale prefix ``[0, s)``.
     * Fast-dLLM dual cache: window forwards over ``[s, e)`` read ``[0, T)`` (stale prefix and
       suffix).

@@ -16,7 +16,9 @@ This is the rule of dLLM-RL's ``block_diffusion_generate`` and JetEngine
 (``generate.py`` and ``sample/jetengine_ext/engine/scheduler.py`` at 10b4fd1), except that
 the references also propose ``[MASK]`` (a recorded
 difference: a proposed ``[MASK]`` would leave the position masked, and the reference's step
-loop would then run out of quota). Consequence (§8.1): with ``top_k == 1`` every
+loop would then run out of quota). Consequence (also in the references, whose
+``sample_with_temperature_topk_topp`` takes the confidence after top-k / top-p filtering;
+``generate.py`` and ``sample/jetengine_ext/layers/sampler.py``): with ``top_k == 1`` every
 confidence is 1.0, so a dynamic sampler unmasks the whole block in one step and a static
 sampler's order is the tie order of the ranking. Entries therefore record ``top_k`` next to
 the strategy (it is part of every sampler's config, hence of the key).

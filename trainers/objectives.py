@@ -129,7 +129,7 @@ class GAEResult:
 
 def step_gae(values: torch.Tensor, reward: torch.Tensor, steps: torch.Tensor, mask: torch.Tensor,
              gamma: float = 1.0, lam: float = 1.0) -> GAEResult:
-    """Step-level GAE over trajectory steps (dLLM-RL ``train_trado_value.py``; §1.4).
+    """Step-level GAE over trajectory steps (dLLM-RL ``train/train_trado_value.py`` at 10b4fd1).
 
     Order the distinct trainable steps of response b as t_1 < ... < t_S. With V*_i the mean of
     ``values`` over the tokens decoded at t_i, and the sequence reward R paid at the last
@@ -345,7 +345,8 @@ def loss_normaliser(mask: torch.Tensor, rounds: torch.Tensor | None, mode: Norma
 # ------------------------------------------------------------------- value loss
 def clipped_value_terms(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                         mask: torch.Tensor, clip: float = 0.2, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """PPO clipped value loss summed over ``mask`` (§1.4)::
+    """PPO clipped value loss summed over ``mask`` (dLLM-RL ``train/train_trado_value.py`` at
+    10b4fd1)::
 
         0.5 · max((V_j − R_j)², (V_old,j + clip(V_j − V_old,j, −ε, ε) − R_j)²)
 

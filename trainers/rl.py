@@ -6,11 +6,13 @@ One RL step (dLLM-RL ``rl.py``, ``train/rl_trado.py``, ``train/train_trado_value
 1. **Rollout.** ``prompts_per_step`` task documents × ``samples_per_prompt`` samples are
    decoded by a sampler plugin with ``record_trajectory=True`` from the *current* weights
    (in process, no checkpoint reload); each sample keeps the sampler's token ids and step
-   map (nothing is re-tokenised, §8.3).
+   map (nothing is re-tokenised; dLLM-RL's ``train/rl_trado.py`` re-tokenises the decoded
+   text, so its step map can drift from the tokens).
 2. **Reward.** The task's own scorer (``Task.score_batch`` / ``reward``); a truncated
    response (finish reason ``length``) can be given ``truncated_reward`` (TraceRL: 0).
 3. **Advantage.** Group z-score within each prompt's samples; groups are then filtered
-   (``group_filter``). With a value model: step-level GAE (γ, λ) on top (§1.4).
+   (``group_filter``). With a value model: step-level GAE (γ, λ) on top
+   (``train/train_trado_value.py``).
 4. **Update.** π_old is a no-grad pass of the trainer over the whole rollout batch
    before the first update (``old_logprobs="recompute"``, dLLM-RL ``rl_trado.py`` @10b4fd1
    lines 629-682) or ``logπ_θ.detach()`` (``"detach"``, strictly on-policy: ratio exactly
@@ -38,7 +40,8 @@ least one optimizer step (the number of optimizer steps per RL step depends on t
 rollouts); with ``"responses"`` once per optimizer step. See docs/tracerl-procedure.md.
 
 The optimizer, its moments and the LR schedule persist across RL steps and are
-checkpointed (dLLM-RL rebuilds AdamW every step, §8.6 — not here).
+checkpointed (not so in dLLM-RL at 10b4fd1: ``rl.py`` relaunches ``train/rl_trado.py`` every
+RL step, which builds a fresh AdamW).
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ VALUE_META_FILE = "dllm_bench_value.json"
 
 # --------------------------------------------------------------------------- configs
 class ValueOptions(StrictModel):
-    """The diffusion value model (§1.4) used by ``tracerl`` (and trained by ``value``)."""
+    """The diffusion value model (dLLM-RL ``train/init_trado_value_model.py`` and
+    ``train/train_trado_value.py`` at 10b4fd1) used by ``tracerl`` (and trained by ``value``)."""
 
     model: str | None = Field(None, description="Initial value model: null = a copy of the policy's backbone with "
                                                 "a zero head; or a directory saved by the value trainer "
@@ -219,7 +223,8 @@ class RLConfig(RolloutConfig):
 
 # --------------------------------------------------------------------------- value nets
 def build_value_net(opts: ValueOptions, adapter: Any, device: torch.device) -> ValueNet:
-    """The value model: a backbone (policy copy / saved value dir / model spec) + head (§1.4)."""
+    """The value model: a backbone (policy copy / saved value dir / model spec) + head (dLLM-RL
+    ``train/init_trado_value_model.py`` at 10b4fd1)."""
     import copy
 
     src = opts.model

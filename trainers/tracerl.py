@@ -34,7 +34,8 @@ by default, TraceRL; or a frozen reference) and L1 the sampler's ``max_new_token
 up to the block size (rl_trado.py lines 731-760 and 807: a row's sum / L1, averaged over the
 gradient_accumulation_steps rows). ``loss_norm: response`` divides by responses × L1
 instead (the former default), ``tokens`` by the number of trainable tokens. Other defaults
-follow ``configs/rl_trado.yaml`` (§1.10): lr 1e-6, ε 0.2, β 0.01, KL to π_old, shrink 1,
+follow dLLM-RL ``configs/rl_trado.yaml`` at 10b4fd1: lr 1e-6, ε 0.2, β 0.01, KL to π_old,
+shrink 1,
 groups kept when 0.2 <= mean reward <= 0.8.
 """
 

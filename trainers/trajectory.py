@@ -4,8 +4,10 @@ naive per-step reference.
 A rollout records, per generated token, the global denoising step at which it was unmasked
 (its *step map*; JetEngine's ``first_unmask_steps`` in dLLM-RL
 ``sample/jetengine_ext/engine/sequence.py`` at 10b4fd1). Training re-creates the sampler's state just
-before each step and scores the tokens committed at that step (§1.3, TraceRL). Token ids
-come straight from the rollout — nothing is re-tokenised (§8.3).
+before each step and scores the tokens committed at that step (TraceRL, arXiv 2509.06949;
+dLLM-RL ``train/rl_trado.py`` at 10b4fd1). Token ids come straight from the rollout —
+nothing is re-tokenised (dLLM-RL's ``train/rl_trado.py`` re-tokenises the decoded text with
+``UniversalPrompting`` and pads or truncates the step map to it, so the two can drift).
 
 **Block models, one packed forward per response** (this module's extension of
 :func:`dllm_bench.blocks.staircase_mask` from one masked copy to many). For response block
@@ -22,14 +24,15 @@ into one row::
   exact KV cache; segments never see each other;
 * segments reuse the position ids of the response block they copy.
 
-This equals TraceRL's rows (one ``[prompt ; clean ; masked copy]`` row per round, §1.3)
+This equals TraceRL's rows (one ``[prompt ; clean ; masked copy]`` row per round, dLLM-RL
+``train/rl_trado.py`` at 10b4fd1)
 concatenated — a masked copy is the union of one segment per block — but computes the
 prompt and the clean response once, and drops blocks that have no step in a round. With
 ``R`` rounds the row has ``P + L + (Σ_k |D_k|)·B <= P + L + R·L`` columns.
 
 **Full-attention models**: one forward per (shrunk) global step ``t`` of a response, over
 ``[prompt ; response with every token of step >= t masked]`` with full attention; the
-shrinkage ``s`` merges ``s`` consecutive steps (§1.3).
+shrinkage ``s`` merges ``s`` consecutive steps (dLLM-RL ``train/rl_llada.py`` at 10b4fd1).
 
 **AR models**: the step map is the token order; one causal forward scores all tokens.
 
@@ -104,7 +107,8 @@ def trainable_length(response_ids: Sequence[int], eos_ids: Sequence[int], post_n
 def shrink_steps(steps: torch.Tensor, group_len: int, shrink: int) -> torch.Tensor:
     """Merge ``shrink`` consecutive distinct step values inside each group of ``group_len``
     tokens; every value becomes the largest value of its merge group (dLLM-RL
-    ``collapse_k_unique``, §1.3). ``shrink == 1`` is the identity; ``INF_STEP`` is kept.
+    ``collapse_k_unique`` in ``train/rl_trado.py`` at 10b4fd1). ``shrink == 1`` is the
+    identity; ``INF_STEP`` is kept.
 
     Args:
         steps: ``[b, L]`` long (L a multiple of ``group_len``).
@@ -188,7 +192,8 @@ def collate(trajs: Sequence[Trajectory], *, family: Family, block_size: int, shr
             mask_id: int, pad_id: int, alignment: str = "response") -> TrajectoryBatch:
     """Pad trajectories into a :class:`TrajectoryBatch` and apply the shrinkage.
 
-    Block models shrink per block (§1.3), full-attention models over the whole response,
+    Block models shrink per block (dLLM-RL ``train/rl_trado.py`` at 10b4fd1), full-attention
+    models over the whole response (``train/rl_llada.py``),
     AR models never (``shrink`` is ignored).
 
     Block alignment (:mod:`dllm_bench.blocks`, one definition for samplers and trainers):
@@ -420,7 +425,8 @@ def packed_block_inputs(batch: TrajectoryBatch) -> ForwardInputs:
 
 
 def round_rows_block_inputs(batch: TrajectoryBatch) -> ForwardInputs:
-    """TraceRL's original layout (§1.3): one ``[prompt ; clean ; masked copy]`` row per
+    """TraceRL's original layout (dLLM-RL ``train/rl_trado.py`` at 10b4fd1): one
+    ``[prompt ; clean ; masked copy]`` row per
     round r, the copy masking, in every block, the tokens of the block's r-th step and later.
 
     Used by the speed benchmark as the published baseline; numerically equal to
@@ -504,7 +510,8 @@ def per_step_block_inputs(batch: TrajectoryBatch) -> Iterator[ForwardInputs]:
 
 
 def full_attention_inputs(batch: TrajectoryBatch, rows_per_forward: int = 8) -> Iterator[ForwardInputs]:
-    """Full-attention models: one row per (response, shrunk global step t) (§1.3).
+    """Full-attention models: one row per (response, shrunk global step t) (dLLM-RL
+    ``train/rl_llada.py`` at 10b4fd1).
 
     The row is ``[prompt ; response with every token of step >= t masked]`` with full
     (bidirectional) attention over the real tokens; the tokens of step t are read at their own
