@@ -276,6 +276,19 @@ def _select(conf, n_transfer, threshold):
     return idx[keep]
 
 
+def _commit(x, base, logits, e, mask_id, quota, threshold):
+    """One greedy step over the window ``x[base:]`` (the block ends at e): rank the block's
+    masked positions over the whole window vector and commit ``quota`` of them (None: all
+    masked positions ranked, then Fast-dLLM's threshold rule)."""
+    window = x[base:base + logits.shape[0]]
+    masked = window == mask_id
+    masked[e - base:] = False
+    x0, p = _propose(logits, 0.0, 0, 1.0, mask_id, None)
+    conf = torch.where(masked, p, torch.tensor(float("-inf")))
+    sel = _select(conf, int(masked.sum()) if quota is None else quota, threshold)
+    window[sel] = x0[sel]
+
+
 def ref_llada(model, prompt, *, B, S, gen_length, cache="none", threshold=None):
     """Greedy Fast-dLLM LLaDA decoding; returns (generated tokens, denoise forwards)."""
     mask_id, n = model.mask_token_id, len(prompt)
@@ -298,14 +311,7 @@ def ref_llada(model, prompt, *, B, S, gen_length, cache="none", threshold=None):
             else:
                 logits, base = _window(model, x, s, e, kv, "dual", s), s
             nfe += 1
-            window = x[base:base + logits.shape[0]]
-            masked = window == mask_id
-            masked[e - base:] = False
-            x0, p = _propose(logits, 0.0, 0, 1.0, mask_id, None)
-            conf = torch.where(masked, p, torch.tensor(float("-inf")))
-            k = int(masked.sum()) if threshold is not None else quotas[i]
-            sel = _select(conf, k, threshold)
-            window[sel] = x0[sel]
+            _commit(x, base, logits, e, mask_id, None if threshold is not None else quotas[i], threshold)
             i += 1
     return x[n:].tolist(), nfe
 
@@ -333,13 +339,7 @@ def ref_dream(model, prompt, *, B, gen_length, cache="none", threshold=0.9):
             else:
                 logits, base = shift(_window(model, x, s, e, rec.kv, "dual", s)), s
             nfe += 1
-            window = x[base:base + logits.shape[0]]
-            masked = window == mask_id
-            masked[e - base:] = False
-            x0, p = _propose(logits, 0.0, 0, 1.0, mask_id, None)
-            conf = torch.where(masked, p, torch.tensor(float("-inf")))
-            sel = _select(conf, int(masked.sum()), threshold)
-            window[sel] = x0[sel]
+            _commit(x, base, logits, e, mask_id, None, threshold)
     return x[n:].tolist(), nfe
 
 
