@@ -195,3 +195,25 @@ def test_smollm2_gguf_loads_and_answers(tmp_path, monkeypatch):
                                              add_generation_prompt=True)
     g = AR(AR.Config(max_new_tokens=12)).generate(m, [m.encode(prompt)], seed=0)[0]
     assert "5" in g.text and g.finish_reason == "eos" and g.nfe == len(g.token_ids)
+
+
+def test_cache_is_passed_under_the_installed_name_without_deprecation_warnings(block_model):
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns
+    until 5.40): cache support is read from the model class and the cache goes under the name
+    the installed release expects, so a cached forward warns nothing."""
+    import inspect
+    import warnings
+
+    m = block_model
+    assert m.supports_cache
+    assert m.cache_kwarg in inspect.signature(type(m.model).forward).parameters
+    B = m.block_size
+    x = torch.randint(0, 250, (1, 2 * B))
+    cache = m.new_cache(1, 2 * B)
+    cache.window(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            cached = m.forward(x, block_causal_mask(torch.ones(1, 2 * B, dtype=torch.bool), B), None, cache)
+    with torch.no_grad():
+        assert torch.allclose(cached, m.forward(x), atol=1e-5)
