@@ -272,6 +272,9 @@ class ModelAdapter:
     training: dict[str, Any] | None = None
     attn_backend: str = "sdpa"
     block_alignment: str = "response"
+    masks_padding: bool = True
+    """False for a model path that cannot mask padded keys (LLaDA's remote code ignores its
+    attention bias); samplers then refuse any batch that needs padding."""
     gguf_file: str | None = None
     """Path of the GGUF file the weights came from (None otherwise)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -796,6 +799,9 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
     # sequence position 0, as its reference generate.py does; our own checkpoints record theirs
     ad.block_alignment = sidecar.get("block_alignment") or ("absolute" if family == "block-diffusion" and not sidecar
                                                             else "response")
+    # LLaDA's own modeling code converts the mask into an attention bias and then calls SDPA without
+    # it (Fast-dLLM llada/model/modeling_llada.py at 24cc59e): padding would be attended
+    ad.masks_padding = not (trust and "llada" in mt)
     ad.attn_backend = getattr(model.config, "_attn_implementation", None) or "sdpa"
     ad.set_attn_backend(attn)
     return ad

@@ -567,19 +567,29 @@ class DiffusionBatch:
     minus its full prompt blocks). ``valid`` ``[b, P + L]`` (False on pads), ``pos``
     ``[b, P + L]`` position ids skipping pads, ``kv_start`` ``[b]`` pads per row,
     ``resp_start`` ``[b]`` the column of each row's first response token. Block ``k`` is
-    columns ``[P + kB, P + (k+1)B)`` for every row. Rows leave the batch after their last
+    columns ``[P + kB, P + (k+1)B)`` for every row. ``pad_unit`` (full-attention models,
+    whose blocks count from the response start): prompts are left-padded to a multiple of it
+    instead of B (1: only to the batch's longest prompt, so a single prompt has no pads).
+
+    Raises:
+        BadInputError: padding is needed and the model cannot mask it (``masks_padding``). Rows leave the batch after their last
     block or the block in which they finish (:meth:`end_block`); ``rows`` maps batch rows
     to prompt indices.
     """
 
     def __init__(self, model: Any, prompts: Sequence[Sequence[int]], block_size: int, cfg: Any,
-                 seeds: Sequence[int], record: bool, alignment: str = "response"):
+                 seeds: Sequence[int], record: bool, alignment: str = "response", pad_unit: int | None = None):
         from dllm_bench.blocks import left_pad_prompts
+        from dllm_bench.errors import BadInputError
 
         dev = model.device
         self.model, self.cfg, self.B, self.alignment = model, cfg, block_size, alignment
         self.mask_id = model.mask_token_id
-        pb = left_pad_prompts(prompts, block_size, model.pad_token_id, dev, alignment)
+        pb = left_pad_prompts(prompts, pad_unit or block_size, model.pad_token_id, dev, alignment)
+        if not getattr(model, "masks_padding", True) and not bool(pb.valid.all()):
+            raise BadInputError(f"{model.spec!r} cannot mask padding (its own modeling code ignores the attention "
+                                "mask), and these prompts need padding: use batch_size 1, or load the checkpoint "
+                                "natively (without trust_remote_code), which masks padding")
         self.P = P = pb.prefix_len
         self.tails = list(pb.tail_lens)
         G = cfg.max_new_tokens

@@ -4,8 +4,10 @@ full-attention masked-diffusion LM, with Fast-dLLM prefix and dual caches.
 Decoding (LLaDA ``generate``; Fast-dLLM, arXiv 2505.22618, §3.2, ``llada/generate.py`` at
 24cc59e): the sequence is
 ``[left pads | prompt ; L x [MASK]]`` with ``L = ceil(max_new_tokens / B) * B``; attention
-is bidirectional over every real token (pads excluded; position ids skip pads; the prompt
-is left-padded to a block multiple as for block models, :mod:`dllm_bench.blocks`).
+is bidirectional over every real token (pads excluded; position ids skip pads). Prompts are
+left-padded only to the batch's longest prompt (the semi-AR blocks count from the response
+start, as in LLaDA's ``generate``), so a single prompt is never padded — and a model whose
+own code cannot mask padding (LLaDA's remote code) is refused any batch that needs it.
 Blocks of B response positions are decoded left to right; inside a block each of the
 ``denoising_steps`` steps proposes tokens for the block's masked positions and unmasks
 the step quota, ranked with ``torch.topk`` over the vector the reference ranks (static);
@@ -126,7 +128,7 @@ class FULL_DIFFUSION(SamplerBase):
         dev = model.device
         seeds = row_seeds(seed, len(prompts))
         with torch.no_grad(), Timer(dev) as timer:
-            st = DiffusionBatch(model, prompts, B, cfg, seeds, record_trajectory)
+            st = DiffusionBatch(model, prompts, B, cfg, seeds, record_trajectory, pad_unit=1)
             self._decode(st, step_quotas(B, S))
         return diffusion_generations(model, cfg, st, seeds, timer.seconds, record_trajectory)
 
@@ -209,7 +211,7 @@ def cache_fidelity(model: Any, prompts: Sequence[Sequence[int]], *, block_size: 
     """
     dev, B, mask_id = model.device, block_size, model.mask_token_id
     cfg = FullDiffusionConfig(block_size=B, denoising_steps=min(denoising_steps, B), max_new_tokens=max_new_tokens)
-    st = DiffusionBatch(model, prompts, B, cfg, [0] * len(prompts), False)
+    st = DiffusionBatch(model, prompts, B, cfg, [0] * len(prompts), False, pad_unit=1)
     T, b = st.x.shape[1], len(prompts)
     ban = torch.tensor([mask_id], device=dev)
     stats = {m: {"agree": 0, "n": 0, "tv_sum": 0.0, "tv_max": 0.0, "steps": 0} for m in ("prefix", "dual")}

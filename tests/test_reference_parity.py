@@ -366,3 +366,19 @@ def test_full_diffusion_decodes_as_fast_dllm_dream(dream, cache):
         assert g.raw_token_ids == toks
         assert g.nfe == nfe
         assert all(g.trajectory.step_map[b * 4] == min(g.trajectory.step_map[b * 4:b * 4 + 4]) for b in range(3))
+
+
+def test_a_model_that_cannot_mask_padding_is_never_fed_pads(llada):
+    """LLaDA's own modeling code ignores the attention mask: such a model path decodes single
+    prompts (never padded by the full-diffusion sampler) and refuses a batch that needs pads."""
+    import dataclasses
+
+    from dllm_bench.errors import BadInputError
+
+    remote_like = dataclasses.replace(llada, masks_padding=False)
+    prompts = [llada.encode(t) for t in PROMPTS[:2]]
+    smp = FULL_DIFFUSION(FULL_DIFFUSION.Config(block_size=4, max_new_tokens=8))
+    with pytest.raises(BadInputError, match="cannot mask padding"):
+        smp.generate(remote_like, prompts, seed=0)
+    alone = smp.generate(remote_like, prompts[:1], seed=0)[0]
+    assert alone.raw_token_ids == ref_llada(llada, prompts[0], B=4, S=4, gen_length=8)[0]
