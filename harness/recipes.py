@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from .console import console, stdout_console
 from .errors import BadInputError, RunFailedError
@@ -77,6 +77,9 @@ class EvalDecl(StrictModel):
 
 
 class Recipe(StrictModel):
+    _path: Path | None = PrivateAttr(None)
+    _node: Any = PrivateAttr(None)
+
     name: str
     description: str = ""
     seed: int = Field(0, description="Base seed for model init, training and sampling")
@@ -91,6 +94,16 @@ class Recipe(StrictModel):
                                        "CPU code paths, thread counts and deterministic algorithms before torch "
                                        "loads, so any x86-64 machine gives the same bits. null = on for CPU recipes "
                                        "(gpu_required false), off for GPU recipes")
+
+    def where(self, *loc: Any) -> dict[str, Any]:
+        """``path=`` / ``line=`` keywords for a :class:`BadInputError` about the part of the
+        recipe at ``loc`` (e.g. ``"stages", 0, "config"``): the recipe file and that part's
+        line; the recipe's name when it was not read from a file."""
+        from .jsonl import yaml_line
+
+        if self._path is None:
+            return {"path": self.name, "line": None}
+        return {"path": str(self._path), "line": yaml_line(self._node, loc)}
 
     @property
     def threads(self) -> int:
@@ -164,10 +177,11 @@ def load_recipe(name_or_path: str | None) -> tuple[Recipe, Path]:
     """Load a packaged recipe by name or a YAML file by path.
 
     Raises:
-        BadInputError: unknown name, unreadable file, YAML error (with line) or a field
-            that does not validate.
+        BadInputError: unknown name (with did-you-mean), unreadable or non-UTF-8 file, YAML
+            error (with line) or a field that does not validate (with the field's line).
     """
-    from .registry import validate_config
+    from .jsonl import load_yaml, yaml_line
+    from .registry import did_you_mean, validate_config
 
     name_or_path = name_or_path or DEFAULT_RECIPE
     packaged = packaged_recipes()
@@ -175,17 +189,15 @@ def load_recipe(name_or_path: str | None) -> tuple[Recipe, Path]:
     if name_or_path in packaged and not path.exists():
         path = packaged[name_or_path]
     if not path.exists():
-        raise BadInputError(f"no recipe named {name_or_path!r} and no such file; packaged recipes: "
+        raise BadInputError(f"no recipe named {name_or_path!r} and no such file"
+                            f"{did_you_mean(name_or_path, sorted(packaged))} packaged recipes: "
                             f"{', '.join(sorted(packaged))}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise BadInputError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=path,
-                            line=mark.line + 1 if mark else None) from None
+    data, node = load_yaml(path, "recipe")
     if not isinstance(data, dict):
         raise BadInputError("a recipe must be a YAML mapping", path=path)
-    return validate_config(Recipe, data, what="recipe", source=str(path)), path
+    rec = validate_config(Recipe, data, what="recipe", source=str(path), line=lambda loc: yaml_line(node, loc))
+    rec._path, rec._node = path, node
+    return rec, path
 
 
 # ------------------------------------------------------------------------ planning
@@ -203,25 +215,42 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
         steps.append({"step": "model", "id": m.id, "spec": m.spec, "build": _is_built(m), "path": table[m.id]})
     for st in recipe.stages:
         table[st.produces] = str(run_dir / "stages" / st.name / "final")
-    for st in recipe.stages:
-        cls = registry.load("trainers", st.trainer)
+    for i, st in enumerate(recipe.stages):
+        cls = _load_plugin(recipe, "trainers", st.trainer, ("stages", i, "trainer"))
         cfg = _seeded(_subst(st.config, table), recipe.seed, cls.Config)
         registry.validate_config(cls.Config, cfg, what=f"stage {st.name!r} ({st.trainer}) config",
-                                 source=recipe.name)
+                                 source=recipe.where()["path"],
+                                 line=lambda loc, i=i: recipe.where("stages", i, "config", *loc)["line"])
         steps.append({"step": "train", "name": st.name, "trainer": st.trainer, "produces": st.produces,
                       "config": cfg, "config_sha256": sha256_text(canonical_json(cfg))})
-    for ev in recipe.evaluations:
-        s_cls = registry.load("samplers", ev.sampler)
+    for i, ev in enumerate(recipe.evaluations):
+        s_cls = _load_plugin(recipe, "samplers", ev.sampler, ("evaluations", i, "sampler"))
         registry.validate_config(s_cls.Config, ev.sampler_args, what=f"evaluation {ev.label!r} sampler args",
-                                 source=recipe.name)
+                                 source=recipe.where()["path"],
+                                 line=lambda loc, i=i: recipe.where("evaluations", i, "sampler_args", *loc)["line"])
         if not ev.task.startswith("lm-eval:"):
-            t_cls = registry.load("tasks", ev.task)
+            t_cls = _load_plugin(recipe, "tasks", ev.task, ("evaluations", i, "task"))
             registry.validate_config(t_cls.Config, ev.task_args, what=f"evaluation {ev.label!r} task args",
-                                     source=recipe.name)
+                                     source=recipe.where()["path"],
+                                     line=lambda loc, i=i: recipe.where("evaluations", i, "task_args", *loc)["line"])
         model = table.get(_model_id(ev.model), ev.model)
         steps.append({"step": "eval", "label": ev.label, "model": model, "task": ev.task, "sampler": ev.sampler,
                       "decl": ev.model_dump(mode="json")})
     return steps
+
+
+def _load_plugin(recipe: Recipe, kind: str, name: str, loc: tuple) -> Any:
+    """``registry.load(kind, name)``; an unknown or broken plugin is reported at ``loc`` in the recipe file.
+
+    Raises:
+        BadInputError: naming the recipe file and the line of ``loc``.
+    """
+    from . import registry
+
+    try:
+        return registry.load(kind, name)
+    except BadInputError as exc:
+        raise BadInputError(exc.message, **recipe.where(*loc)) from None
 
 
 def _seeded(cfg: dict[str, Any], seed: int, config_cls: Any) -> dict[str, Any]:

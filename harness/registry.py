@@ -26,7 +26,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, Callable
 
 from .errors import BadInputError, PluginError
 
@@ -136,9 +136,15 @@ def names(kind: str) -> list[str]:
     return [p.name for p in discover(kind)]
 
 
+def did_you_mean(name: str, choices: "list[str] | tuple[str, ...]") -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the names in ``choices`` close to ``name`` (difflib),
+    else ``""``. Shared by every unknown-name error (plugins, model specs, recipes, backends)."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 def _unknown(kind: str, name: str, available: list[str]) -> PluginError:
-    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, available)
     avail = ", ".join(available) if available else "(none installed)"
     return PluginError(f"unknown {SINGULAR[kind]} {name!r}{hint} Available {kind}: {avail}")
 
@@ -189,8 +195,16 @@ def create(kind: str, name: str, config: dict[str, Any] | None = None, *, source
     return cls(cfg)
 
 
-def validate_config(model: type, data: dict[str, Any], *, what: str, source: str | None = None):
-    """Validate ``data`` against pydantic ``model``; one-line :class:`BadInputError` on failure."""
+def validate_config(model: type, data: dict[str, Any], *, what: str, source: str | None = None,
+                    line: "int | Callable[[tuple], int | None] | None" = None):
+    """Validate ``data`` against pydantic ``model``.
+
+    ``line`` is the 1-based line of ``data`` in ``source``, or a function from the failing
+    field's location (a tuple of keys / indices) to its line.
+
+    Raises:
+        BadInputError: one line naming ``source`` (and the line), the field and the problem.
+    """
     from pydantic import ValidationError
 
     try:
@@ -199,7 +213,8 @@ def validate_config(model: type, data: dict[str, Any], *, what: str, source: str
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise BadInputError(f"{what}: field {loc!r}: {err['msg']}{more}", path=source) from None
+        at = line(tuple(err["loc"])) if callable(line) else line
+        raise BadInputError(f"{what}: field {loc!r}: {err['msg']}{more}", path=source, line=at) from None
 
 
 def try_import(kind: str, name: str) -> str | None:
