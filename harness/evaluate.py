@@ -179,7 +179,7 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
             raise BadInputError("model_args cannot be applied to an already loaded model")
         adapter = model
     else:
-        adapter = load_model(str(model), **dict(model_args or {}))
+        adapter = load_model(str(model), arg_source="--model-arg", **dict(model_args or {}))
     sampler_obj = _build_sampler(sampler, dict(sampler_args or {}), adapter)
     tok = adapter.tokenizer
     key = ComparabilityKey(task=task_obj.key(tok), samples_per_problem=samples,

@@ -570,14 +570,15 @@ def tiny_config(**sizes: Any):
 SIZE_ARGS = tuple(TINY_DEFAULTS)
 
 
-def _build_tiny(spec: str, args: dict[str, Any], device: torch.device, dtype: torch.dtype) -> ModelAdapter:
+def _build_tiny(spec: str, args: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                arg_source: str = "model arg") -> ModelAdapter:
     from transformers import Qwen3ForCausalLM
 
     family = args.pop("family", None) or TINY_FAMILY[spec]
     sizes = {k: args.pop(k) for k in list(args) if k in SIZE_ARGS}
     block_size = args.pop("block_size", None) or DEFAULT_BLOCK_SIZE[family]
     attn = args.pop("attn_backend", "sdpa")
-    _reject_unknown(spec, args)
+    _reject_unknown(spec, args, arg_source)
     cfg = tiny_config(**sizes)
     seed = int({**TINY_DEFAULTS, **sizes}["init_seed"])
     ident = {"spec": spec, "family": family, "config": cfg.to_dict(), "init_seed": seed,
@@ -598,9 +599,9 @@ def _build_tiny(spec: str, args: dict[str, Any], device: torch.device, dtype: to
     return ad
 
 
-def _reject_unknown(spec: str, args: dict[str, Any]) -> None:
+def _reject_unknown(spec: str, args: dict[str, Any], source: str = "model arg") -> None:
     if args:
-        raise BadInputError(f"unknown model arg(s) for {spec!r}: {', '.join(sorted(args))}")
+        raise BadInputError(f"unknown {source}(s) for {spec!r}: {', '.join(sorted(args))}")
 
 
 def weights_sha256(directory: Path) -> str | None:
@@ -697,7 +698,174 @@ def _find_mask_id(tok: Any, family: str, mask_token: str | None, declared: int |
     raise BadInputError("cannot find the mask token of this diffusion model; pass --model-arg mask_token=...")
 
 
-def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtype: torch.dtype) -> ModelAdapter:
+WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_NAMES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tiktoken.model")
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def check_safetensors(path: Path) -> None:
+    """Check that a ``.safetensors`` file is complete: its header parses and every tensor's
+    byte range lies inside the file (a truncated download or copy fails here, in one line).
+
+    Raises:
+        BadInputError: naming the file: unreadable, header not JSON, or shorter than its header says.
+    """
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise BadInputError(f"truncated safetensors file ({size} bytes): no header", path=path)
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise BadInputError(f"truncated or corrupt safetensors file: header of {n} bytes in a "
+                                    f"{size}-byte file", path=path)
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except OSError as exc:
+        raise BadInputError(f"cannot read weights: {exc.strerror or exc}", path=path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadInputError("corrupt safetensors file: its header is not JSON", path=path) from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        raise BadInputError(f"truncated safetensors file: {size} bytes, its header needs {8 + n + end}; "
+                            "re-download or re-save the checkpoint", path=path)
+
+
+def _is_causal(raw_cfg: dict[str, Any]) -> bool:
+    """Whether a checkpoint config describes a causal LM (an ``architectures`` entry ending in
+    ForCausalLM / LMHeadModel; without ``architectures``: a model_type with a causal-LM class
+    that is not an encoder, i.e. not ``is_decoder: false`` with a masked-LM class)."""
+    archs = [str(a) for a in raw_cfg.get("architectures") or []]
+    if archs:
+        return any(a.endswith(CAUSAL_SUFFIXES) for a in archs)
+    try:
+        from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                            MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    except ImportError:  # pragma: no cover - very old transformers
+        return True
+    mt = str(raw_cfg.get("model_type", ""))
+    if mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not raw_cfg.get("is_decoder", False):
+        return False
+    return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not mt
+
+
+def check_model_dir(path: str | Path, args: dict[str, Any] | None = None, *, arg_source: str = "model arg") -> None:
+    """Check a local checkpoint directory before anything is loaded or written.
+
+    Checks: ``config.json`` present, UTF-8 JSON; weights present (``model.safetensors``,
+    shards listed by an index, or ``pytorch_model.bin``) and every safetensors file complete
+    (:func:`check_safetensors`); a tokenizer present (unless the directory is one of ours
+    with a sidecar and a tokenizer config); for the ``ar`` family a causal-LM architecture
+    (a BERT-style encoder would get a randomly initialised LM head), unless ``force_ar=true``.
+
+    Raises:
+        BadInputError: one line naming the file (or directory) and what is wrong.
+    """
+    from .jsonl import read_text
+
+    d = Path(path)
+    args = dict(args or {})
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise BadInputError("not a model directory: no config.json", path=d)
+    try:
+        raw_cfg = json.loads(read_text(cfg_path, "model config"))
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"invalid JSON: {exc.msg}", path=cfg_path, line=exc.lineno) from None
+    if not isinstance(raw_cfg, dict):
+        raise BadInputError("model config must be a JSON object", path=cfg_path)
+    sidecar: dict[str, Any] = {}
+    if (d / SIDECAR).is_file():
+        try:
+            sidecar = json.loads(read_text(d / SIDECAR, "sidecar"))
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"invalid sidecar: {exc.msg}", path=d / SIDECAR, line=exc.lineno) from None
+    present = [n for n in WEIGHT_NAMES if (d / n).is_file()]
+    if not present:
+        raise BadInputError(f"no weights in the model directory (expected one of: {', '.join(WEIGHT_NAMES)})",
+                            path=d)
+    if "model.safetensors.index.json" in present and "model.safetensors" not in present:
+        idx = d / "model.safetensors.index.json"
+        try:
+            shards = sorted(set(json.loads(read_text(idx, "weights index"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise BadInputError("invalid weights index: no weight_map", path=idx) from None
+        for shard in shards:
+            if not (d / shard).is_file():
+                raise BadInputError(f"weight shard {shard} listed in the index is missing", path=idx)
+            check_safetensors(d / shard)
+    elif "model.safetensors" in present:
+        check_safetensors(d / "model.safetensors")
+    if not any((d / n).is_file() for n in TOKENIZER_NAMES) and not list(d.glob("*.tiktoken")):
+        raise BadInputError(f"no tokenizer in the model directory (expected one of: {', '.join(TOKENIZER_NAMES)}); "
+                            "save the tokenizer next to the weights", path=d)
+    family = args.get("family") or sidecar.get("family")
+    if family is None:
+        family, _ = _detect_family(str(raw_cfg.get("model_type", "")), raw_cfg.get("architectures"), str(d))
+    if family == "ar" and not _is_causal(raw_cfg) and not args.get("force_ar") \
+            and not args.get("trust_remote_code"):
+        archs = ", ".join(raw_cfg.get("architectures") or []) or raw_cfg.get("model_type", "?")
+        raise BadInputError(f"{archs} is not a causal LM: evaluating it as 'ar' would use a randomly "
+                            f"initialised LM head; pass {arg_source} force_ar=true to load it anyway", path=cfg_path)
+
+
+def check_model_args(args: dict[str, Any], source: str = "model arg") -> None:
+    """Type-check the model args every spec shares, naming ``source`` (e.g. ``--model-arg``).
+
+    Raises:
+        BadInputError: ``block_size`` / size not a positive integer, unknown ``family``,
+            ``mask_token`` not a string, a boolean flag not a boolean.
+    """
+    for k in ("block_size", *[n for n in TINY_DEFAULTS if n not in ("rope_theta", "init_seed")]):
+        v = args.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise BadInputError(f"{source} {k}={v!r}: expected a positive integer")
+    if args.get("init_seed") is not None and (isinstance(args["init_seed"], bool)
+                                              or not isinstance(args["init_seed"], int)):
+        raise BadInputError(f"{source} init_seed={args['init_seed']!r}: expected an integer")
+    fam = args.get("family")
+    if fam is not None and fam not in FAMILIES:
+        from .registry import did_you_mean
+
+        raise BadInputError(f"{source} family={fam!r}: unknown family{did_you_mean(str(fam), FAMILIES)} "
+                            f"use one of {', '.join(FAMILIES)}")
+    if args.get("mask_token") is not None and not isinstance(args["mask_token"], str):
+        raise BadInputError(f"{source} mask_token={args['mask_token']!r}: expected a token string")
+    for k in ("trust_remote_code", "force_ar"):
+        if k in args and not isinstance(args[k], bool):
+            raise BadInputError(f"{source} {k}={args[k]!r}: expected true or false")
+
+
+def check_model_source(spec: str, args: dict[str, Any] | None = None, *, arg_source: str = "model arg") -> None:
+    """Everything :func:`load_model` checks about ``spec`` and ``args`` before loading,
+    without loading weights (used before a run writes anything).
+
+    Raises:
+        BadInputError: bad model args, an unknown spec (with did-you-mean), a bad local
+            checkpoint directory (:func:`check_model_dir`).
+    """
+    args = dict(args or {})
+    check_model_args(args, arg_source)
+    path = Path(spec)
+    if spec in TINY_FAMILY or spec == "smollm2-135m" or path.suffix == ".gguf":
+        return
+    if path.is_dir():
+        check_model_dir(path, args, arg_source=arg_source)
+        return
+    if not path.exists() and (spec.startswith((".", "/")) or spec.count("/") != 1):
+        from .registry import did_you_mean
+
+        raise BadInputError(f"unknown model {spec!r}{did_you_mean(spec, BUILTIN_SPECS)} not a built-in spec "
+                            f"({', '.join(BUILTIN_SPECS)}), an existing directory, a .gguf file or a hub id "
+                            "(owner/name)")
+
+
+def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                     arg_source: str = "model arg") -> ModelAdapter:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from . import native as nat
@@ -714,9 +882,8 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
         src, gguf_file = str(path.parent), path.name
     elif path.exists() and not path.is_dir():
         raise BadInputError(f"model path is not a directory or a .gguf file: {spec}")
-    elif not path.exists() and (spec.startswith((".", "/")) or spec.count("/") != 1):
-        raise BadInputError(f"unknown model {spec!r}: not a built-in spec ({', '.join(BUILTIN_SPECS)}), "
-                            f"an existing directory, a .gguf file or a hub id (owner/name)")
+    else:
+        check_model_source(spec, args, arg_source=arg_source)
     sidecar: dict[str, Any] = {}
     if gguf_file is None and (path / SIDECAR).is_file():
         try:
@@ -724,11 +891,12 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
         except json.JSONDecodeError as exc:
             raise BadInputError(f"invalid sidecar: {exc}", path=path / SIDECAR) from None
     trust = bool(args.pop("trust_remote_code", False))
+    args.pop("force_ar", None)
     attn = args.pop("attn_backend", "sdpa")
     family_arg = args.pop("family", None)
     block_arg = args.pop("block_size", None)
     mask_arg = args.pop("mask_token", None)
-    _reject_unknown(spec, args)
+    _reject_unknown(spec, args, arg_source)
     gguf_sha = None
     gguf_path = str(Path(src) / gguf_file) if gguf_file else None
     if gguf_file:
@@ -807,28 +975,35 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
     return ad
 
 
-def load_model(spec: str, **model_args: Any) -> ModelAdapter:
+def load_model(spec: str, *, arg_source: str = "model arg", **model_args: Any) -> ModelAdapter:
     """Load or build a model and wrap it in a :class:`ModelAdapter`.
 
     Args:
         spec: a built-in spec (``tiny-block-dlm``, ``tiny-full-dlm``, ``tiny-ar``,
             ``smollm2-135m``), a local checkpoint directory, a ``.gguf`` file, or a hub id.
         **model_args: ``dtype``, ``device``, ``family``, ``block_size``, ``mask_token``,
-            ``attn_backend``, ``trust_remote_code``; for tiny specs also the sizes
+            ``attn_backend``, ``trust_remote_code``, ``force_ar`` (load a non-causal
+            checkpoint as ``ar`` anyway); for tiny specs also the sizes
             (``hidden_size``, ``num_layers``, ``num_heads``, ``num_kv_heads``,
             ``intermediate_size``, ``max_position_embeddings``, ``rope_theta``, ``init_seed``).
+
+        arg_source: how model-arg errors name the args (``--model-arg`` from the CLI).
 
     Returns:
         the adapter, in eval mode, on ``device``.
 
     Raises:
-        BadInputError: unknown spec, missing files, unknown model args, a diffusion model
+        BadInputError: unknown spec (with did-you-mean), missing files, a checkpoint
+            directory without weights or tokenizer, a truncated safetensors file, a
+            non-causal checkpoint as ``ar`` (:func:`check_model_dir`), unknown or mistyped
+            model args (naming ``arg_source``), a diffusion model
             without a findable mask token, a released layout whose config or weights have no
             native equivalent (the message names the field).
     """
     args = dict(model_args)
+    check_model_args(args, arg_source)
     device = resolve_device(args.pop("device", None))
     dtype = resolve_dtype(args.pop("dtype", None), device)
     if spec in TINY_FAMILY:
-        return _build_tiny(spec, args, device, dtype)
-    return _load_pretrained(spec, args, device, dtype)
+        return _build_tiny(spec, args, device, dtype, arg_source)
+    return _load_pretrained(spec, args, device, dtype, arg_source)
