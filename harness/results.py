@@ -23,7 +23,8 @@ class SampleStore:
         path: the JSONL file (created with its parent directory if missing).
 
     Raises:
-        BadInputError: a complete (newline-terminated) line is not a valid record.
+        BadInputError: a complete (newline-terminated) line is not a valid record, or the
+            file is not UTF-8 (naming the line of the first bad byte).
     """
 
     def __init__(self, path: str | Path):
@@ -40,7 +41,9 @@ class SampleStore:
         if raw and not raw.endswith(b"\n"):  # a run was killed while writing the last line
             keep = raw[: raw.rfind(b"\n") + 1]
             self.path.write_bytes(keep)
-        for i, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
+        from .jsonl import decode_utf8
+
+        for i, line in enumerate(decode_utf8(keep, self.path, "sample records").splitlines(), start=1):
             if not line.strip():
                 continue
             try:

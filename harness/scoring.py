@@ -109,10 +109,9 @@ def read_predictions(path: str | Path, task: Any) -> list[Prediction]:
         BadInputError: naming the file and the 1-based line of the first problem.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"cannot read predictions: {getattr(exc, 'strerror', None) or exc}", path=path) from None
+    from .jsonl import read_text
+
+    text = read_text(path, "predictions")
     table = {d.id: d for d in task.docs()}
     preds: list[Prediction] = []
     counts: dict[str, int] = {}

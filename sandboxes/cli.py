@@ -61,11 +61,19 @@ def check(
 ):
     """Say which sandboxes are available here and run a probe in each.
 
-    Exit code 0 when the named backend (or, without --backend, at least one) works; 1 otherwise.
+    Exit code 0 when the named backend (or, without --backend, at least one) works; 1 otherwise;
+    2 (one line, with did-you-mean) for an unknown ``--backend``.
     """
     from dllm_bench import registry
 
-    names = [backend] if backend else registry.names("sandboxes")
+    known = registry.names("sandboxes")
+    if backend and backend not in known:
+        from dllm_bench.console import console
+
+        console.print(f"error: --backend {backend!r}: unknown sandbox{registry.did_you_mean(backend, known)} "
+                      f"available: {', '.join(known)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    names = [backend] if backend else known
     rows = [check_backend(n, unsafe_no_isolation=unsafe_no_isolation and n == "process") for n in names]
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")

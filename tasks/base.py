@@ -127,10 +127,12 @@ def parse_records(raw: bytes, path: str | Path) -> list[dict[str, Any]]:
     """Records from JSONL bytes (one object per line) or a JSON list.
 
     Raises:
-        BadInputError: invalid JSON (naming the file and 1-based line), or a record that is
-            not an object.
+        BadInputError: not UTF-8 or invalid JSON (naming the file and 1-based line), or a
+            record that is not an object.
     """
-    text = raw.decode("utf-8")
+    from dllm_bench.jsonl import decode_utf8
+
+    text = decode_utf8(raw, path, "data file")
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:

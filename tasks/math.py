@@ -64,12 +64,24 @@ MIN_PARALLEL = 64
 
 
 # ------------------------------------------------------------------------- the scorer
+LOG_MESSAGE_CHARS = 300
+"""math-verify log lines longer than this are cut (a parse timeout logs the whole completion)."""
+
+
 class _DropTimeoutDisabled(logging.Filter):
     """math-verify warns once when a timeout is None; here that is the documented
-    behaviour off the main thread, so the warning is dropped (timeouts that fire still log)."""
+    behaviour off the main thread, so the warning is dropped (timeouts that fire still log).
+    A timeout that fires logs ``Timeout during parsing: <the whole completion>`` (megabytes
+    for a runaway generation): the message is cut to :data:`LOG_MESSAGE_CHARS` characters."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Timeout is disabled")
+        msg = record.getMessage()
+        if msg.startswith("Timeout is disabled"):
+            return False
+        if len(msg) > LOG_MESSAGE_CHARS:
+            record.msg = f"{msg[:LOG_MESSAGE_CHARS]}... ({len(msg) - LOG_MESSAGE_CHARS} more characters)"
+            record.args = None
+        return True
 
 
 for _name in ("math_verify.parser", "math_verify.grader"):
