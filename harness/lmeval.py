@@ -385,7 +385,10 @@ def cli_main(argv: Sequence[str] | None = None) -> None:
 
 # ---------------------------------------------------------------- lm-eval task -> Entry
 TASK_ARGS = {"include_path", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "system_instruction",
-             "primary_metric", "bootstrap_iters"}
+             "primary_metric", "bootstrap_iters", "fewshot_seed"}
+LMEVAL_FEWSHOT_SEED = 1234
+"""lm-eval's own default ``fewshot_random_seed`` (``simple_evaluate``): few-shot examples are
+chosen with it unless ``--task-arg fewshot_seed=N`` says otherwise, independent of ``--seed``."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -418,9 +421,11 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     ``include_path`` (a directory of lm-eval task YAMLs), ``num_fewshot``,
     ``apply_chat_template``, ``fewshot_as_multiturn``, ``system_instruction``,
     ``primary_metric`` (``<metric>,<filter>`` listed first), ``bootstrap_iters`` (lm-eval's
-    stderr bootstrap for metrics without a closed form; 0 = no stderr). ``samples`` must equal the
-    task's own ``repeats`` (lm-eval scores the repeats of a document together).
-    Re-running into the same ``output`` reuses finished generations
+    stderr bootstrap for metrics without a closed form; 0 = no stderr), ``fewshot_seed`` (the
+    seed that picks few-shot examples; default lm-eval's own, :data:`LMEVAL_FEWSHOT_SEED`,
+    not ``seed``; recorded in the key's ``task.prompt.fewshot_seed`` when examples are used).
+    ``samples`` must equal the task's own ``repeats`` (lm-eval scores the repeats of a
+    document together). Re-running into the same ``output`` reuses finished generations
     (``lmeval_generations.jsonl``).
 
     Returns:
@@ -428,8 +433,9 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
         values and stderrs from lm-eval's aggregation; ``n`` = documents evaluated).
 
     Raises:
-        BadInputError: lm-eval missing, unknown task or task arg, a sandbox or hub data
-            source given, ``samples`` != the task's repeats, a loglikelihood task.
+        BadInputError: lm-eval missing, unknown task or task arg, a ``fewshot_seed`` that is
+            not an integer, a sandbox or hub data source given, ``samples`` != the task's
+            repeats, a loglikelihood task, a task whose dataset needs the (unreachable) hub.
         RunFailedError: lm-eval returned no results.
     """
     _require_lmeval()
@@ -458,7 +464,16 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
 
         close = difflib.get_close_matches(name, tm.all_tasks, n=3)
         raise BadInputError(f"unknown lm-eval task {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    loaded = tm.load([name])
+    fewshot_seed = targs.get("fewshot_seed", LMEVAL_FEWSHOT_SEED)
+    if isinstance(fewshot_seed, bool) or not isinstance(fewshot_seed, int):
+        raise BadInputError(f"--task-arg fewshot_seed={fewshot_seed!r}: expected an integer")
+    try:
+        loaded = tm.load([name])
+    except OSError as exc:  # ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
+        why = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise BadInputError(f"lm-eval task {name!r} needs its dataset from the Hugging Face hub, which cannot be "
+                            f"reached ({why}); run it once online to fill the datasets cache, or give a local task "
+                            "YAML with --task-arg include_path=<dir>") from None
     if name not in loaded["tasks"]:
         raise BadInputError(f"lm-eval {name!r} is a group of tasks ({', '.join(sorted(loaded['tasks']))}); "
                             "run one task per entry")
@@ -482,7 +497,7 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
         num_fewshot=fewshot, apply_chat_template=bool(targs.get("apply_chat_template", False)),
         fewshot_as_multiturn=bool(targs.get("fewshot_as_multiturn", False)),
         system_instruction=targs.get("system_instruction"),
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=fewshot_seed,
         bootstrap_iters=int(targs.get("bootstrap_iters", 100000)))  # lm-eval's default; mean uses the closed form
     if not results or name not in results.get("results", {}):
         raise RunFailedError(f"lm-eval returned no results for task {name!r}")
@@ -543,6 +558,7 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     s_cfg = dict(used[0]) if len(used) == 1 else {"base": lm.base_sampler.config.model_dump(mode="json"),
                                                   "per_generation_kwargs": used}
     docs_sha, n_docs = _doc_sha(tobj)
+    n_shot = int(results.get("n-shot", {}).get(name, fewshot or 0) or 0)
     prompt_cfg = {k: cfg.get(k) for k in ("doc_to_text", "doc_to_target", "doc_to_choice", "description",
                                           "target_delimiter", "fewshot_delimiter", "fewshot_config",
                                           "generation_kwargs", "fewshot_split")}
@@ -557,7 +573,7 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
                                         sha256=docs_sha, n_original=n_orig or n_docs, n_effective=n_eff),
                      prompt=PromptKey(template_sha256=sha256_text(canonical_json(prompt_cfg)),
                                       chat_template_sha256=sha256_text(tmpl) if tmpl else None,
-                                      num_fewshot=int(results.get("n-shot", {}).get(name, fewshot or 0) or 0)),
+                                      num_fewshot=n_shot, fewshot_seed=fewshot_seed if n_shot else None),
                      scorer=ScorerKey(name="lm-eval", version=f"{lm_eval.__version__}+"
                                                               f"{sha256_text(canonical_json(scorer_cfg))[:12]}"),
                      notes=f"lm-eval task {name}; metrics named <metric>,<filter>"),
@@ -565,7 +581,7 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
         sampler=SamplerKey(name=sampler, version=str(getattr(lm.sampler_cls, "version", "?")), config=s_cfg))
     info = lm.adapter.model_info()
     mi = ModelInfo(**info)
-    seeds = {"python": seed, "numpy": seed, "torch": seed, "sampler": seed, "fewshot": seed}
+    seeds = {"python": seed, "numpy": seed, "torch": seed, "sampler": seed, "fewshot": fewshot_seed}
     sha, dirty = git_info()
     n_rec = sum(len(d["sample"].get("resps", [[]])[0]) for d in per_doc.values())
     entry = Entry(

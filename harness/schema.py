@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from .plugins import StrictModel
 
@@ -59,6 +59,17 @@ class PromptKey(StrictModel):
     template_sha256: str = Field(description="sha256 of the task's prompt template text")
     chat_template_sha256: str | None = Field(description="sha256 of the tokenizer chat template; null when none is used")
     num_fewshot: int = Field(0, description="Few-shot examples in the prompt")
+    fewshot_seed: int | None = Field(None, description="Seed that chose the few-shot examples (lm-eval tasks with "
+                                                       "num_fewshot > 0); omitted when none")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_fewshot_seed(self, handler: Any) -> Any:
+        """An unset ``fewshot_seed`` is left out, so keys (and digests) of entries without
+        sampled few-shot examples are what they were before the field existed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("fewshot_seed") is None:
+            data.pop("fewshot_seed", None)
+        return data
 
 
 class ScorerKey(StrictModel):
