@@ -1,0 +1,266 @@
+"""Reliability under faults: bad input files and options end in exit code 2 and one line
+naming the file (and line) or the option, never a traceback, and nothing is written.
+
+Every fault is real: checkpoints are built with ``load_model("tiny-ar").save(dir)`` (or a
+transformers BERT built from a config) and then damaged on disk; files carry real
+non-UTF-8 bytes; the CLI runs as ``python -m dllm_bench`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dllm_bench.models import load_model
+
+REPO = Path(__file__).resolve().parent.parent
+LMEVAL_TASKS = REPO / "tests" / "fixtures" / "lmeval"
+LATIN1 = "caf\xe9".encode("latin-1")  # b"caf\xe9": valid Latin-1, invalid UTF-8
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dllm_bench", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+def one_line(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert exit 2 and a single stderr line (no traceback) containing every needle."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [x for x in r.stderr.splitlines() if x.strip() and "[WARNING]" not in x]
+    assert len(lines) == 1, r.stderr[-3000:]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    """A good tiny-ar checkpoint and damaged copies: no weights, truncated weights, no tokenizer, BERT."""
+    root = tmp_path_factory.mktemp("ckpts")
+    good = load_model("tiny-ar").save(root / "good")
+    out = {"good": good}
+    for name in ("noweights", "truncated", "notokenizer"):
+        out[name] = Path(shutil.copytree(good, root / name))
+    (out["noweights"] / "model.safetensors").unlink()
+    w = out["truncated"] / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    (out["notokenizer"] / "tokenizer.json").unlink()
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    bert = BertForMaskedLM(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64))
+    bert.save_pretrained(root / "bert")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(good / f, root / "bert" / f)
+    out["bert"] = root / "bert"
+    return out
+
+
+SFT = {"model": "tiny-ar", "task": "gsm8k_calc_train", "task_args": {"limit": 4}, "max_steps": 1,
+       "batch_size": 2, "micro_batch_size": 2}
+
+
+# ---------------------------------------------------------------- encodings
+def test_non_utf8_recipe_names_file_and_line(tmp_path):
+    rec = tmp_path / "r.yaml"
+    rec.write_bytes(b"name: r\ndescription: " + LATIN1 + b"\n")
+    r = cli("run", str(rec), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    one_line(r, f"{rec}:2:", "UTF-8")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_utf8_train_config_names_file_and_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(yaml.safe_dump(SFT).encode() + b"# " + LATIN1 + b"\n")
+    line = yaml.safe_dump(SFT).count("\n") + 1
+    r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(tmp_path / "run"), cwd=tmp_path)
+    one_line(r, f"{cfg}:{line}:", "UTF-8")
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_utf8_predictions_names_file_and_line(tmp_path):
+    preds = tmp_path / "p.jsonl"
+    preds.write_bytes(b'{"id": "x", "completion": "1"}\n{"id": "y", "completion": "' + LATIN1 + b'"}\n')
+    r = cli("score", "--task", "gsm8k", "--predictions", str(preds), "--output", str(tmp_path / "v.jsonl"),
+            cwd=tmp_path)
+    one_line(r, f"{preds}:2:", "UTF-8")
+    assert not (tmp_path / "v.jsonl").exists()
+
+
+def test_non_utf8_samples_jsonl_on_resume(tmp_path):
+    out = tmp_path / "ev"
+    out.mkdir()
+    bad = b'{"doc_id": "' + LATIN1 + b'"}\n'
+    (out / "samples.jsonl").write_bytes(bad)
+    r = cli("eval", "--model", "tiny-ar", "--task", "gsm8k", "--sampler", "ar", "--limit", "1",
+            "--output", str(out), cwd=tmp_path)
+    one_line(r, f"{out / 'samples.jsonl'}:1:", "UTF-8")
+    assert (out / "samples.jsonl").read_bytes() == bad and not (out / "entry.json").exists()
+
+
+def test_non_utf8_task_data_file(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_bytes(b'{"question": "q", "answer": "#### 1"}\n{"question": "' + LATIN1 + b'", "answer": "#### 2"}\n')
+    r = cli("eval", "--model", "tiny-ar", "--task", "gsm8k", "--sampler", "ar", "--task-arg", f"data_path={data}",
+            "--output", str(tmp_path / "ev"), cwd=tmp_path)
+    one_line(r, f"{data}:2:", "UTF-8")
+    assert not (tmp_path / "ev").exists()
+
+
+# ---------------------------------------------------------------- model directories
+@pytest.mark.parametrize("name,needle", [
+    ("noweights", "no weights"),
+    ("truncated", "truncated safetensors"),
+    ("notokenizer", "no tokenizer"),
+    ("bert", "not a causal LM"),
+])
+def test_bad_model_directory_is_one_line(ckpts, tmp_path, name, needle):
+    r = cli("eval", "--model", str(ckpts[name]), "--task", "gsm8k", "--sampler", "ar", "--limit", "1",
+            "--output", str(tmp_path / "ev"), cwd=tmp_path)
+    line = one_line(r, str(ckpts[name]), needle)
+    if name == "truncated":
+        assert "model.safetensors" in line
+    if name == "bert":
+        assert "config.json" in line and "--model-arg force_ar=true" in line
+    assert not (tmp_path / "ev").exists()
+
+
+def test_bert_loads_as_ar_only_when_forced(ckpts):
+    ad = load_model(str(ckpts["bert"]), force_ar=True)
+    assert ad.family == "ar"
+
+
+# ---------------------------------------------------------------- recipes: file and line of the stage
+def test_recipe_stage_error_names_recipe_file_and_line(tmp_path):
+    rec = tmp_path / "r.yaml"
+    rec.write_text("name: my-recipe\nmodels:\n  - id: base\n    spec: tiny-ar\nstages:\n"
+                   "  - name: s1\n    trainer: sft\n    produces: m1\n    config:\n      model: ${base}\n"
+                   "      max_steps: lots\n"
+                   "  - name: s2\n    trainer: sfft\n    produces: m2\n    config:\n      model: ${m1}\n")
+    r = cli("run", str(rec), "--dry-run", cwd=tmp_path)
+    one_line(r, f"{rec}:11:", "max_steps")
+    rec.write_text(rec.read_text().replace("max_steps: lots", "max_steps: 1"))
+    r = cli("run", str(rec), "--dry-run", cwd=tmp_path)
+    one_line(r, f"{rec}:13:", "unknown trainer 'sfft'", "did you mean 'sft'")
+    evals = ("name: e\nmodels:\n  - id: base\n    spec: tiny-ar\nevaluations:\n"
+             "  - label: a\n    model: base\n    task: gsm8k\n    sampler: ar\n"
+             "    sampler_args:\n      max_new_tokens: many\n")
+    rec.write_text(evals)
+    r = cli("run", str(rec), "--dry-run", cwd=tmp_path)
+    one_line(r, f"{rec}:11:", "max_new_tokens")
+
+
+# ---------------------------------------------------------------- nothing written before validation
+def test_train_validation_failure_writes_nothing_and_rerun_works(ckpts, tmp_path):
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**SFT, "model": str(ckpts["noweights"])}))
+    r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(run), cwd=tmp_path)
+    one_line(r, str(ckpts["noweights"]), "no weights")
+    assert tree(run) == []
+    cfg.write_text(yaml.safe_dump({**SFT, "model": str(ckpts["good"])}))
+    r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(run), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["steps"] == 1
+
+
+# ---------------------------------------------------------------- the right option is blamed
+def test_set_and_model_arg_errors_name_their_option(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(SFT))
+    r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(tmp_path / "run"),
+            "--set", "max_steps=abc", cwd=tmp_path)
+    line = one_line(r, "--set max_steps=", "max_steps")
+    assert "c.yaml" not in line
+    cfg.write_text(yaml.safe_dump({**SFT, "lr": "fast"}))
+    r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(tmp_path / "run"), cwd=tmp_path)
+    one_line(r, f"{cfg}:", "'lr'")
+    assert not (tmp_path / "run").exists()
+    r = cli("eval", "--model", "tiny-ar", "--model-arg", "block_size=abc", "--task", "gsm8k", "--sampler",
+            "block-dynamic", "--limit", "1", "--output", str(tmp_path / "ev"), cwd=tmp_path)
+    line = one_line(r, "--model-arg block_size=")
+    assert "--sampler-arg" not in line
+    assert not (tmp_path / "ev").exists()
+
+
+# ---------------------------------------------------------------- did-you-mean
+def test_did_you_mean_model_spec_recipe_and_sandbox(tmp_path):
+    r = cli("eval", "--model", "tiny-arr", "--task", "gsm8k", "--sampler", "ar", "--output", str(tmp_path / "ev"),
+            cwd=tmp_path)
+    one_line(r, "unknown model 'tiny-arr'", "did you mean 'tiny-ar'")
+    r = cli("run", "defualt", "--dry-run", cwd=tmp_path)
+    one_line(r, "no recipe named 'defualt'", "did you mean 'default'")
+    r = cli("sandbox", "check", "--backend", "dockr", cwd=tmp_path)
+    one_line(r, "--backend 'dockr'", "did you mean 'docker'")
+    assert not (tmp_path / "ev").exists()
+
+
+# ---------------------------------------------------------------- lm-eval
+def test_offline_lmeval_hub_task_is_one_line(tmp_path):
+    pytest.importorskip("lm_eval")
+    r = cli("eval", "--model", "tiny-ar", "--task", "lm-eval:gsm8k", "--sampler", "ar", "--limit", "1",
+            "--output", str(tmp_path / "ev"), cwd=tmp_path)
+    one_line(r, "lm-eval task 'gsm8k'", "hub", "include_path")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_lmeval_fewshot_seed_is_lmevals_own_and_in_the_key(tmp_path):
+    pytest.importorskip("lm_eval")
+    from dllm_bench.lmeval import run_lmeval_task
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(LMEVAL_TASKS / "utils.py", tasks / "utils.py")
+    y = (LMEVAL_TASKS / "gsm8k_local.yaml").read_text()
+    y = y.replace("task: gsm8k_local", "task: gsm8k_fewshot").replace("num_fewshot: 0", "num_fewshot: 2\n"
+                                                                      "fewshot_split: test")
+    (tasks / "gsm8k_fewshot.yaml").write_text(y.replace("max_gen_toks: 16", "max_gen_toks: 2"))
+
+    def run(tag: str, seed: int, **targs):
+        e = run_lmeval_task(model="tiny-ar", task="lm-eval:gsm8k_fewshot", sampler="ar", limit=1, batch_size=1,
+                            task_args={"include_path": str(tasks), **targs}, seed=seed, output=tmp_path / tag)
+        prompt = json.loads((tmp_path / tag / "samples.jsonl").read_text().splitlines()[0])["prompt_sha256"]
+        return e, prompt
+
+    a, pa = run("a", 0)
+    b, pb = run("b", 5)
+    c, pc = run("c", 0, fewshot_seed=7)
+    assert a.key.task.prompt.num_fewshot == 2
+    assert a.key.task.prompt.fewshot_seed == b.key.task.prompt.fewshot_seed == 1234
+    assert pa == pb and a.key_digest == b.key_digest  # --seed does not pick the few-shot examples
+    assert c.key.task.prompt.fewshot_seed == 7 and c.key_digest != a.key_digest and pc != pa
+    assert a.repro.seeds["fewshot"] == 1234 and c.repro.seeds["fewshot"] == 7
+
+
+# ---------------------------------------------------------------- math-verify timeout log
+def test_math_verify_timeout_log_is_cut(caplog):
+    import dllm_bench.tasks.math as m
+
+    completion = "1+" * 700_000  # a runaway generation (1.4 MB)
+    with caplog.at_level(logging.WARNING, logger="math_verify.parser"):
+        logging.getLogger("math_verify.parser").warning(f"Timeout during parsing: {completion}")
+    rec = [r for r in caplog.records if r.name == "math_verify.parser"][-1]
+    assert rec.getMessage().startswith("Timeout during parsing: 1+1+")
+    assert len(rec.getMessage()) < m.LOG_MESSAGE_CHARS + 100
