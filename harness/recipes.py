@@ -211,7 +211,8 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
     table = {m.id: str(run_dir / "models" / m.id) if _is_built(m) else m.spec for m in recipe.models}
     table["run_dir"] = str(run_dir)
     steps: list[dict[str, Any]] = []
-    for m in recipe.models:
+    for i, m in enumerate(recipe.models):
+        _check_model(recipe, m.spec, m.args, ("models", i))
         steps.append({"step": "model", "id": m.id, "spec": m.spec, "build": _is_built(m), "path": table[m.id]})
     for st in recipe.stages:
         table[st.produces] = str(run_dir / "stages" / st.name / "final")
@@ -253,6 +254,26 @@ def _load_plugin(recipe: Recipe, kind: str, name: str, loc: tuple) -> Any:
         raise BadInputError(exc.message, **recipe.where(*loc)) from None
 
 
+def _check_model(recipe: Recipe, spec: str, args: dict[str, Any], loc: tuple) -> None:
+    """:func:`dllm_bench.models.check_model_source` for a model the recipe declares, reported at
+    ``loc`` (its ``spec`` line, or its ``args`` line for a bad arg) in the recipe file.
+
+    Raises:
+        BadInputError: unknown spec (with did-you-mean), a bad checkpoint directory, a bad arg.
+    """
+    from .models import check_model_args, check_model_source
+
+    try:
+        check_model_args(dict(args), "model arg")
+    except BadInputError as exc:
+        raise BadInputError(exc.message, **recipe.where(*loc, "args")) from None
+    try:
+        check_model_source(spec, dict(args))
+    except BadInputError as exc:
+        msg = exc.message if exc.path is None else f"{exc.path}{f':{exc.line}' if exc.line else ''}: {exc.message}"
+        raise BadInputError(msg, **recipe.where(*loc, "spec")) from None
+
+
 def _seeded(cfg: dict[str, Any], seed: int, config_cls: Any) -> dict[str, Any]:
     """A stage config with the recipe's seed where the stage sets none: the trainer's ``seed``
     and, for a model built from a spec (``tiny-*``), its ``model_args.init_seed``."""
@@ -285,13 +306,14 @@ def _done(path: Path, digest: str) -> dict | None:
 def run_recipe(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) a recipe into ``run_dir``; returns a summary with the entry paths.
 
+    Nothing is written to ``run_dir`` until :func:`plan` has validated the whole recipe.
+
     Raises:
+        BadInputError: the recipe does not validate (:func:`plan`).
         RunFailedError: a stage or an evaluation failed (finished work is kept).
     """
     import random
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     import torch
 
     if recipe.torch_threads:
@@ -303,7 +325,9 @@ def run_recipe(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     if recipe.gpu_required:
         if not torch.cuda.is_available():
             raise RunFailedError(f"recipe {recipe.name!r} needs a CUDA GPU; use --dry-run to print its plan")
-    steps = plan(recipe, run_dir)
+    steps = plan(recipe, run_dir)  # everything validated before the run directory is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     summary: dict[str, Any] = {"recipe": recipe.name, "run_dir": str(run_dir), "stages": [], "entries": [],
                                "skipped": []}
     t0 = time.time()

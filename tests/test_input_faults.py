@@ -171,6 +171,20 @@ def test_recipe_stage_error_names_recipe_file_and_line(tmp_path):
     one_line(r, f"{rec}:11:", "max_new_tokens")
 
 
+def test_recipe_model_spec_checked_at_its_line(ckpts, tmp_path):
+    rec = tmp_path / "r.yaml"
+    rec.write_text(f"name: m\nmodels:\n  - id: base\n    spec: {ckpts['truncated']}\nevaluations: []\n")
+    r = cli("run", str(rec), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(err) == 1 and f"{rec}:4:" in err[0] and "truncated safetensors" in err[0], r.stderr[-3000:]
+    assert not (tmp_path / "out").exists()  # nothing written before the recipe validates
+    rec.write_text("name: m\nmodels:\n  - id: base\n    spec: tiny-blok-dlm\nevaluations: []\n")
+    r = cli("run", str(rec), "--dry-run", cwd=tmp_path)
+    one_line(r, f"{rec}:4:", "did you mean 'tiny-block-dlm'")
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- nothing written before validation
 def test_train_validation_failure_writes_nothing_and_rerun_works(ckpts, tmp_path):
     run = tmp_path / "run"
