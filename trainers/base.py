@@ -786,8 +786,7 @@ def preflight(cfg: StrictModel) -> None:
                        arg_source="model_args")
     fields = type(cfg).model_fields
     if "data_file" in fields and "task" in fields and (cfg.task is None) == (cfg.data_file is None):
-        raise BadInputError("sft config: give exactly one of 'task' and "
-                            "'data_file'")
+        raise BadInputError("sft config: give exactly one of 'task' and 'data_file'")
     if getattr(cfg, "task", None) is not None:
         t_cls = registry.load("tasks", cfg.task)
         registry.validate_config(t_cls.Config, dict(getattr(cfg, "task_args", {}) or {}),
