@@ -299,6 +299,12 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
         return registry.create("samplers", self.sampler_name, cfg, source="lm-eval generation_kwargs"), cfg
 
     def _load_cache(self) -> dict[str, dict[str, Any]]:
+        """Finished generations from ``lmeval_generations.jsonl`` (a torn last line is dropped).
+
+        Raises:
+            BadInputError: a non-UTF-8 file, or a line that is not a JSON object with a
+                ``hash``, naming the file and line.
+        """
         cache: dict[str, dict[str, Any]] = {}
         if self._cache_path is None or not self._cache_path.exists():
             return cache
@@ -306,10 +312,13 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
         if raw and not raw.endswith(b"\n"):  # killed while writing the last line
             raw = raw[: raw.rfind(b"\n") + 1]
             self._cache_path.write_bytes(raw)
-        for line in raw.decode("utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                cache[rec["hash"]] = rec
+        from .jsonl import decode_utf8, iter_jsonl_objects
+
+        for lineno, rec in iter_jsonl_objects(decode_utf8(raw, self._cache_path, "generation cache"),
+                                              self._cache_path):
+            if "hash" not in rec:
+                raise BadInputError("generation cache record without 'hash'", path=self._cache_path, line=lineno)
+            cache[rec["hash"]] = rec
         return cache
 
     def _append_cache(self, recs: list[dict[str, Any]]) -> None:
@@ -457,6 +466,9 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
         raise BadInputError("--data-source does not apply to lm-eval tasks (the task YAML names its dataset)")
     if record_trajectory:
         log.warning("--record-trajectory is ignored for lm-eval tasks")
+    from . import registry
+
+    registry.load("samplers", sampler)  # an unknown sampler fails before lm-eval indexes its tasks
     include = targs.get("include_path")
     tm = _task_manager(str(Path(include).resolve()) if include else None)
     if name not in tm.all_tasks:
@@ -488,9 +500,9 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
                             "lm-eval scores a document's repeats together, so they must match")
 
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     lm = DllmBenchLM(model=model, sampler=sampler, batch_size=batch_size, seed=seed,
                      sampler_args=dict(sampler_args or {}), model_args=dict(model_args or {}), cache_dir=out)
+    out.mkdir(parents=True, exist_ok=True)  # after the model and sampler are checked
     fewshot = targs.get("num_fewshot")
     results = lm_eval.simple_evaluate(
         model=lm, tasks=[tobj], task_manager=tm, limit=limit, log_samples=True,

@@ -48,6 +48,18 @@ def one_line(r: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
+def error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert exit 2, no traceback and exactly one ``error:`` line containing every needle
+    (for runs where a library, e.g. lm-eval, logs lines of its own first)."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1, r.stderr[-3000:]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
 def tree(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
 
@@ -175,9 +187,7 @@ def test_recipe_model_spec_checked_at_its_line(ckpts, tmp_path):
     rec = tmp_path / "r.yaml"
     rec.write_text(f"name: m\nmodels:\n  - id: base\n    spec: {ckpts['truncated']}\nevaluations: []\n")
     r = cli("run", str(rec), "--output", str(tmp_path / "out"), cwd=tmp_path)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    err = [x for x in r.stderr.splitlines() if x.startswith("error:")]
-    assert len(err) == 1 and f"{rec}:4:" in err[0] and "truncated safetensors" in err[0], r.stderr[-3000:]
+    error_line(r, f"{rec}:4:", "truncated safetensors")  # after the "running recipe ..." progress line
     assert not (tmp_path / "out").exists()  # nothing written before the recipe validates
     rec.write_text("name: m\nmodels:\n  - id: base\n    spec: tiny-blok-dlm\nevaluations: []\n")
     r = cli("run", str(rec), "--dry-run", cwd=tmp_path)
@@ -237,6 +247,22 @@ def test_offline_lmeval_hub_task_is_one_line(tmp_path):
             "--output", str(tmp_path / "ev"), cwd=tmp_path)
     one_line(r, "lm-eval task 'gsm8k'", "hub", "include_path")
     assert not (tmp_path / "ev").exists()
+
+
+def test_lmeval_bad_sampler_writes_nothing_and_bad_cache_is_one_line(tmp_path):
+    pytest.importorskip("lm_eval")
+    common = ("eval", "--model", "tiny-ar", "--task", "lm-eval:gsm8k_local", "--task-arg",
+              f"include_path={LMEVAL_TASKS}", "--limit", "1")
+    r = cli(*common, "--sampler", "arr", "--output", str(tmp_path / "ev"), cwd=tmp_path)
+    one_line(r, "unknown sampler 'arr'", "did you mean 'ar'")
+    assert not (tmp_path / "ev").exists()
+    out = tmp_path / "ev2"
+    out.mkdir()
+    cache = out / "lmeval_generations.jsonl"
+    cache.write_bytes(b'{"hash": "' + LATIN1 + b'"}\n')
+    r = cli(*common, "--sampler", "ar", "--output", str(out), cwd=tmp_path)
+    error_line(r, f"{cache}:1:", "UTF-8")
+    assert sorted(p.name for p in out.iterdir()) == ["lmeval_generations.jsonl"]
 
 
 def test_lmeval_fewshot_seed_is_lmevals_own_and_in_the_key(tmp_path):
