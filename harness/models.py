@@ -840,6 +840,29 @@ def check_model_args(args: dict[str, Any], source: str = "model arg") -> None:
             raise BadInputError(f"{source} {k}={args[k]!r}: expected true or false")
 
 
+def declared_family(spec: str, args: dict[str, Any] | None = None) -> str | None:
+    """The family ``load_model(spec, **args)`` will give, read from the args, the built-in
+    spec or a local directory's sidecar / config without loading weights; None when only
+    loading can tell (hub ids, GGUF files)."""
+    args = dict(args or {})
+    if args.get("family"):
+        return str(args["family"])
+    if spec in TINY_FAMILY:
+        return TINY_FAMILY[spec]
+    d = Path(spec)
+    if not (d / "config.json").is_file():
+        return None
+    try:
+        if (d / SIDECAR).is_file():
+            fam = json.loads((d / SIDECAR).read_text(encoding="utf-8")).get("family")
+            if fam:
+                return str(fam)
+        raw = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return _detect_family(str(raw.get("model_type", "")), raw.get("architectures"), spec)[0]
+
+
 def check_model_source(spec: str, args: dict[str, Any] | None = None, *, arg_source: str = "model arg") -> None:
     """Everything :func:`load_model` checks about ``spec`` and ``args`` before loading,
     without loading weights (used before a run writes anything).

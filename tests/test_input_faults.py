@@ -203,6 +203,10 @@ def test_train_validation_failure_writes_nothing_and_rerun_works(ckpts, tmp_path
     r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(run), cwd=tmp_path)
     one_line(r, str(ckpts["noweights"]), "no weights")
     assert tree(run) == []
+    cfg.write_text(yaml.safe_dump({**SFT, "model": str(ckpts["good"]), "mode": "block"}))
+    r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(run), cwd=tmp_path)
+    one_line(r, "sft mode 'block' needs a diffusion model")
+    assert tree(run) == []
     cfg.write_text(yaml.safe_dump({**SFT, "model": str(ckpts["good"])}))
     r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(run), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -863,6 +863,8 @@ def run_trainer(trainer_name: str, config_path: str | Path | None, output_dir: s
     _validate_sources(cls, trainer_name, data, node, config_path, overrides or {})
     trainer = build_trainer(trainer_name, data, source=str(config_path) if config_path else None)
     preflight(trainer.config)  # model, task and data file checked before the run directory is touched
+    if callable(getattr(trainer, "preflight", None)):  # the trainer's own weight-free checks
+        trainer.preflight()
     with redirect_stdout(sys.stderr):  # library prints (DeepSpeed) stay off stdout
         quiet_import_accelerate()
         return trainer.train(Path(output_dir))

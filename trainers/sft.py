@@ -159,6 +159,21 @@ class SFT:
                                 f"max_response_tokens={cfg.max_response_tokens}")
         return out
 
+    def preflight(self) -> None:
+        """Checks that need no weights, run before anything is written: an explicit
+        ``mode`` that needs a mask token (block, random_mask) with an ``ar`` model.
+
+        Raises:
+            BadInputError: naming the mode and the model's family.
+        """
+        from dllm_bench.models import declared_family
+
+        cfg = self.config
+        family = declared_family(cfg.model, cfg.model_args) if self.adapter is None else self.adapter.family
+        if cfg.mode in ("block", "random_mask") and family == "ar":
+            raise BadInputError(f"sft mode {cfg.mode!r} needs a diffusion model with a mask token; "
+                                f"{cfg.model!r} is ar")
+
     def mode(self, adapter: Any) -> str:
         if self.config.mode != "auto":
             return self.config.mode
