@@ -428,7 +428,7 @@ def schema_cmd(
     output.mkdir(parents=True, exist_ok=True)
     for n, s in chosen.items():
         (output / f"{n}.schema.json").write_text(json.dumps(s, indent=2, sort_keys=True) + "\n")
-        console.print(f"wrote {output / f'{n}.schema.json'}", markup=False, highlight=False)
+        console.print(f"wrote {output / f'{n}.schema.json'}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -216,7 +216,7 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
         todo = sum(1 for _, d, s in items if (d.id, s) not in store)
         if todo < len(items):
             console.print(f"resuming: {len(items) - todo} of {len(items)} samples already in {out / SAMPLES_FILE}",
-                          markup=False, highlight=False)
+                          markup=False, highlight=False, soft_wrap=True)
         with progress(f"eval {task}", todo) as advance:
             for batch in batches:
                 pending = [(di, d, si) for di, d, si in batch if (d.id, si) not in store]

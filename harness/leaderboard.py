@@ -499,7 +499,7 @@ def build_cli(entries: str | Path, output: str | Path, *, reference: str | None 
     loaded = _load(entries)
     written = build(loaded, output, reference=reference)
     for name, p in written.items():
-        console.print(f"wrote {name}: {p}", markup=False, highlight=False)
+        console.print(f"wrote {name}: {p}", markup=False, highlight=False, soft_wrap=True)
     return written
 
 

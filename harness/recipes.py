@@ -441,5 +441,5 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
     entries = [le for p in summary["entries"] for le in load_entries(p)]
     outputs = build(entries, run_dir / "leaderboard", title=f"dllm-bench: {rec.name}")
     console.print(f"leaderboard written to {outputs['markdown'].parent}; {len(summary['skipped'])} finished "
-                  f"steps skipped; wall {summary['wall_s']} s", markup=False, highlight=False)
+                  f"steps skipped; wall {summary['wall_s']} s", markup=False, highlight=False, soft_wrap=True)
     show_cli(run_dir / "evals", as_json=as_json)

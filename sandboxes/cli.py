@@ -104,8 +104,8 @@ def build_image_cmd(
 
     try:
         image_id = build_image(IMAGE, suite=suite, mirror=mirror, rebuild=rebuild,
-                               log=lambda m: console.print(m, style="dim", markup=False, highlight=False))
+                               log=lambda m: console.print(m, style="dim", markup=False, highlight=False, soft_wrap=True))
     except SandboxUnavailable as exc:
-        console.print(f"cannot build the sandbox image: {exc}", style="red", markup=False, highlight=False)
+        console.print(f"cannot build the sandbox image: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     sys.stdout.write(f"{IMAGE} {image_id}\n")
