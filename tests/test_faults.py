@@ -341,3 +341,29 @@ def test_markup_in_a_path_is_printed_verbatim(tmp_path):
     r = _cli("leaderboard", "build", "--entries", "tests/fixtures/entries", "--output", str(tmp_path / "lb[/x]"))
     assert r.returncode == 0, r.stderr
     assert f"wrote markdown: {tmp_path / 'lb[/x]' / 'README.md'}" in r.stderr
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs (to fill the disk) needs root")
+def test_disk_full_during_a_checkpoint_exits_1_keeps_the_last_checkpoint(tmp_path):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump({**SFT_CFG, "max_steps": 6}))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    # room for one checkpoint of the tiny model (~380 KiB), not for two
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], check=True)
+    try:
+        out = mnt / "run"
+        args = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(out), "--json"]
+        r = _cli(*args)
+        assert r.returncode == 1, r.stderr
+        _one_error_line(r.stderr, str(out / "checkpoints" / "step-000004"), os.strerror(28),
+                        "step-000002 is kept", "re-run the same command to resume")
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]  # partial one removed
+        assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
+        again = _cli(*args)
+        assert again.returncode == 0, again.stderr
+        assert "resumed" in again.stderr
+        assert json.loads(again.stdout)["steps"] == 6
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

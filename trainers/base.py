@@ -30,6 +30,7 @@ live in ``dllm_bench/trainers/configs/``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ from typing import Any, Iterator, Literal
 import torch
 from pydantic import Field
 
-from dllm_bench.errors import BadInputError
+from dllm_bench.errors import BadInputError, RunFailedError
 from dllm_bench.plugins import StrictModel
 
 log = logging.getLogger("dllm_bench.trainers")
@@ -589,10 +590,20 @@ class Engine:
         return done[-1] if done else None
 
     def save_checkpoint(self) -> Path:
-        """Save everything needed for exact resume at the current step."""
+        """Save everything needed for exact resume at the current step.
+
+        Raises:
+            RunFailedError: the checkpoint could not be written (a full disk, a read-only or
+                unwritable run directory); the partial checkpoint is removed and the earlier
+                complete ones are kept, so re-running the same command resumes from the last.
+        """
         d = self.ckpt_root / f"step-{self.state.step:06d}"
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(d), safe_serialization=False)
+        try:
+            self.accelerator.save_state(str(d), safe_serialization=False)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a short write as RuntimeError
+            shutil.rmtree(d, ignore_errors=True)
+            raise RunFailedError(self._checkpoint_failure(d, exc)) from None
         self.accelerator.wait_for_everyone()
         if self.is_main:
             (d / "COMPLETE").write_text(json.dumps({"step": self.state.step, "time": time.time()}) + "\n")
@@ -601,6 +612,22 @@ class Engine:
                 shutil.rmtree(p, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return d
+
+    def _checkpoint_failure(self, d: Path, exc: BaseException) -> str:
+        """One line: which checkpoint failed, why (the errno's meaning; no space when the disk is
+        full), and what a re-run resumes from."""
+        if isinstance(exc, OSError) and exc.errno:
+            reason = os.strerror(exc.errno)
+        else:
+            try:
+                full = shutil.disk_usage(self.run_dir).free < 16 * 2 ** 20
+            except OSError:
+                full = False
+            reason = os.strerror(errno.ENOSPC) if full else str(exc).strip().splitlines()[0]
+        last = self.latest_checkpoint()
+        kept = f"checkpoint {last.name} is kept" if last is not None else "no checkpoint was saved yet"
+        return (f"{d}: cannot write the checkpoint: {reason}; {kept}; fix this and re-run the same command "
+                "to resume")
 
     def resume(self) -> int:
         """Load the newest complete checkpoint (if any); returns the step to continue from."""
