@@ -1,6 +1,9 @@
 """The ``dllm-bench`` command line (Typer + rich).
 
-Exit codes: 0 ok; 1 run failed or regression; 2 bad input / usage (one line, no traceback).
+Exit codes: 0 ok; 1 run failed or regression (also an output that fails midway: a full disk);
+2 bad input / usage (one line, no traceback), also an output directory that cannot be written
+(checked before any model load) or that another process is writing; 130 / 143 interrupted by
+SIGINT / SIGTERM (finished work is kept; re-running the same command resumes).
 stdout carries only results (``--json`` output, final tables); logs and progress go to
 stderr through one rich Console (:mod:`dllm_bench.console`).
 """

@@ -116,7 +116,9 @@ def _check_run_file(path: Path, ident: dict[str, Any]) -> None:
             raise BadInputError(f"output directory holds a run with a different {', '.join(diff)}; "
                                 "use another --output (or delete it) instead of mixing samples", path=path)
     else:
-        path.write_text(json.dumps(ident, indent=2, sort_keys=True) + "\n")
+        from .outdir import write_atomic
+
+        write_atomic(path, json.dumps(ident, indent=2, sort_keys=True) + "\n")
 
 
 def _unchanged_entry(path: Path, new: Entry) -> Entry | None:

@@ -367,3 +367,40 @@ def test_disk_full_during_a_checkpoint_exits_1_keeps_the_last_checkpoint(tmp_pat
         assert json.loads(again.stdout)["steps"] == 6
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _fill(directory: Path) -> None:
+    """Fill the file system of ``directory`` with one file, until it reports no space."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == 28
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs (to fill the disk) needs root")
+def test_disk_full_during_leaderboard_build_keeps_the_former_tables(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        out = mnt / "lb"
+        build = ["leaderboard", "build", "--entries", "tests/fixtures/entries", "--output", str(out)]
+        assert _cli(*build).returncode == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK}
+        _fill(mnt)
+        r = _cli(*build)
+        assert r.returncode == 1, r.stderr
+        _one_error_line(r.stderr, str(out), os.strerror(28))
+        after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK}
+        assert after == before  # no .tmp left, every former file whole
+        fresh = mnt / "lb2"
+        r = _cli(*build[:-1], str(fresh))
+        assert r.returncode in (1, 2), r.stderr
+        _one_error_line(r.stderr, str(fresh), os.strerror(28))
+        assert not [p for p in fresh.iterdir() if p.name.endswith(".tmp") or p.stat().st_size == 0 and p.name != LOCK]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
