@@ -309,10 +309,10 @@ def print_entry(entry: Entry) -> None:
     knobs = ", ".join(f"{n}={cfg[n]}" for n in ("block_size", "denoising_steps", "remasking", "confidence_threshold",
                                                  "temperature", "top_k", "top_p", "max_new_tokens", "cache_mode")
                       if n in cfg)
-    head.add_row("model", escape(f"{entry.repro.model.id} ({entry.repro.model.family}, {entry.repro.model.dtype}, "
-                          f"{entry.repro.model.num_parameters:,} params)"))
-    head.add_row("task", escape(f"{k.task.name} v{k.task.version} ({k.task.dataset.n_effective}/{k.task.dataset.n_original} "
-                         f"docs, {k.samples_per_problem} sample(s) each)"))
+    m, ds = entry.repro.model, k.task.dataset
+    head.add_row("model", escape(f"{m.id} ({m.family}, {m.dtype}, {m.num_parameters:,} params)"))
+    head.add_row("task", escape(f"{k.task.name} v{k.task.version} ({ds.n_effective}/{ds.n_original} docs, "
+                                f"{k.samples_per_problem} sample(s) each)"))
     head.add_row("sampler", escape(f"{k.sampler.name} v{k.sampler.version}: {knobs}"))
     head.add_row("status", f"{entry.status.state} ({entry.status.n_done}/{entry.status.n_expected} samples"
                            + (f", {entry.status.n_failed} failed" if entry.status.n_failed else "") + ")")
