@@ -35,6 +35,7 @@ class SampleStore:
         self.path = Path(path)
         self.records: dict[tuple[str, int], SampleRecord] = {}
         self._fh = None
+        self._failed = False  # an append failed (its record may be half written)
         self._keep: int | None = None  # length to cut the file to before the first append
         if self.path.exists():
             self._load()
@@ -83,6 +84,7 @@ class SampleStore:
             fh.flush()
             os.fsync(fh.fileno())
         except OSError as exc:
+            self._failed = True
             if exc.filename is None:  # a failed write names no file: name it
                 raise OSError(exc.errno, exc.strerror, str(self.path)) from None
             raise
@@ -96,9 +98,15 @@ class SampleStore:
         return iter(self.records.values())
 
     def close(self) -> None:
+        """Close the file. After a failed :meth:`append` the unwritten rest of that record is
+        dropped (a re-run cuts the partial line) instead of failing again."""
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:
+                if not self._failed:
+                    raise
 
     def __enter__(self) -> "SampleStore":
         return self
