@@ -23,7 +23,7 @@ import typer
 
 from . import __version__
 from .console import console, disable_progress, print_line, setup_logging, stdout_console
-from .errors import BadInputError, DllmBenchError, Interrupted
+from .errors import BadInputError, DllmBenchError, Interrupted, interrupt_in
 
 app = typer.Typer(
     name="dllm-bench",
@@ -49,6 +49,9 @@ def _sandbox_app():
 app.add_typer(_sandbox_app(), name="sandbox", help="Check sandboxes and build the Docker sandbox image.")
 
 
+_in_command = False  # a handle_errors-wrapped command body is running (it reports interrupts itself)
+
+
 def handle_errors(fn: Callable | None = None, *, saved: str | None = None) -> Callable:
     """Map errors to one stderr line (never a traceback, never parsed as markup) and an exit code.
 
@@ -56,8 +59,8 @@ def handle_errors(fn: Callable | None = None, *, saved: str | None = None) -> Ca
     - :class:`OSError` (no space, read-only, permission denied, not a directory): exit 1 when
       it hits the claimed output directory midway (or the disk is full) — the line says what
       is saved and to re-run —, else exit 2 (an unusable path the user gave);
-    - SIGINT / SIGTERM (:class:`KeyboardInterrupt`, :class:`~dllm_bench.errors.Interrupted`):
-      exit 130 / 143 with what is saved.
+    - SIGINT / SIGTERM (:class:`KeyboardInterrupt`, :class:`~dllm_bench.errors.Interrupted`),
+      also when a cleanup it started raised another error: exit 130 / 143 with what is saved.
 
     Args:
         saved: what a re-run resumes from, for the interrupt and failure lines (e.g.
@@ -68,22 +71,29 @@ def handle_errors(fn: Callable | None = None, *, saved: str | None = None) -> Ca
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _in_command
+        _in_command = True
         try:
             return fn(*args, **kwargs)
-        except DllmBenchError as exc:
-            print_line("error:", str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except OSError as exc:
-            code, line = _os_error_line(exc, saved)
-            print_line("error:", line)
-            raise typer.Exit(code) from None
-        except KeyboardInterrupt as exc:
-            signum = getattr(exc, "signum", signal.SIGINT)
-            if saved:
-                print_line("interrupted:", f"{saved}; re-run the same command to resume")
-            else:
-                print_line("interrupted", "")
-            raise typer.Exit(128 + int(signum)) from None
+        except (typer.Exit, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - mapped below, anything else re-raised
+            intr = interrupt_in(exc)
+            if intr is not None:
+                signum = getattr(intr, "signum", signal.SIGINT)
+                if saved:
+                    print_line("interrupted:", f"{saved}; re-run the same command to resume")
+                else:
+                    print_line("interrupted", "")
+                raise typer.Exit(128 + int(signum)) from None
+            if isinstance(exc, DllmBenchError):
+                print_line("error:", str(exc))
+                raise typer.Exit(exc.exit_code) from None
+            if isinstance(exc, OSError):
+                code, line = _os_error_line(exc, saved)
+                print_line("error:", line)
+                raise typer.Exit(code) from None
+            raise
 
     return wrapper
 
@@ -445,7 +455,10 @@ def main() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM unwinds like Ctrl-C (finished work is kept); the CLI then exits 143."""
+    """SIGTERM unwinds like Ctrl-C (finished work is kept); the CLI then exits 143. Outside a
+    command body (argument parsing, a command without :func:`handle_errors`) it exits 143 at once."""
+    if not _in_command:
+        raise SystemExit(128 + signum)
     raise Interrupted(signum)
 
 

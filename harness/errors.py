@@ -65,3 +65,17 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(f"signal {signum}")
+
+
+def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C / SIGTERM (:class:`KeyboardInterrupt`) that ``exc`` is, or that it was raised
+    while unwinding (its ``__cause__`` / ``__context__`` chain), else None: an error raised by a
+    cleanup that the interrupt started is reported as the interrupt."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

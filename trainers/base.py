@@ -48,7 +48,7 @@ from typing import Any, Iterator, Literal
 import torch
 from pydantic import Field
 
-from dllm_bench.errors import BadInputError, RunFailedError
+from dllm_bench.errors import BadInputError, RunFailedError, interrupt_in
 from dllm_bench.plugins import StrictModel
 
 log = logging.getLogger("dllm_bench.trainers")
@@ -601,9 +601,12 @@ class Engine:
         self.accelerator.wait_for_everyone()
         try:
             self.accelerator.save_state(str(d), safe_serialization=False)
-        except (OSError, RuntimeError) as exc:  # torch.save reports a short write as RuntimeError
-            shutil.rmtree(d, ignore_errors=True)
-            raise RunFailedError(self._checkpoint_failure(d, exc)) from None
+        except BaseException as exc:
+            shutil.rmtree(d, ignore_errors=True)  # never a COMPLETE marker: resume ignores it anyway
+            # torch.save reports a short write as RuntimeError; an interrupt stays an interrupt
+            if isinstance(exc, (OSError, RuntimeError)) and interrupt_in(exc) is None:
+                raise RunFailedError(self._checkpoint_failure(d, exc)) from None
+            raise
         self.accelerator.wait_for_everyone()
         if self.is_main:
             (d / "COMPLETE").write_text(json.dumps({"step": self.state.step, "time": time.time()}) + "\n")
