@@ -405,3 +405,29 @@ def test_disk_full_during_leaderboard_build_keeps_the_former_tables(tmp_path):
         assert not [p for p in fresh.iterdir() if p.name.endswith(".tmp") or p.stat().st_size == 0 and p.name != LOCK]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs (to fill the disk) needs root")
+def test_disk_full_while_writing_the_final_weights_exits_1_then_resumes(tmp_path):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump({**SFT_CFG, "max_steps": 2, "save_every": 100}))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    # room for the last checkpoint (~380 KiB), not for the final weights after it
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=450k", "tmpfs", str(mnt)], check=True)
+    try:
+        out = mnt / "run"
+        args = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(out), "--json"]
+        r = _cli(*args)
+        assert r.returncode == 1, r.stderr
+        _one_error_line(r.stderr, f"{out / 'final'}: cannot write the final weights: {os.strerror(28)}",
+                        "step-000002 is kept")
+        assert not (out / "final").exists()  # a half-written final directory is removed
+        assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
+        again = _cli(*args)
+        assert again.returncode == 0, again.stderr
+        assert "resumed" in again.stderr
+        assert json.loads(again.stdout)["steps"] == 2
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
