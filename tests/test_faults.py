@@ -292,36 +292,109 @@ def test_read_only_output(tmp_path, read_only):
     assert (done / "samples.jsonl").read_bytes() == samples_bytes
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs (to fill the disk) needs root")
-@pytest.mark.parametrize("size,failing", [("12k", "samples.jsonl"), ("16k", "entry.json")],
-                         ids=["full-while-appending-samples", "full-while-writing-the-entry"])
-def test_disk_full_midway_exits_1_keeps_samples_and_leaves_no_tmp_file(tmp_path, size, failing):
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """``mount(size)`` -> a fresh tmpfs of that size (a disk that fills up), ``resize(size)``
+    frees space; unmounted afterwards. Root only."""
+    if not IS_ROOT:
+        pytest.skip("mounting a tiny tmpfs (to fill the disk) needs root")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+
+    class FS:
+        path = mnt
+
+        def mount(self, size: str) -> Path:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+            return mnt
+
+        def resize(self, size: str) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+    yield FS()
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("size,failing", [("12k", "samples.jsonl"), ("16k", "entry.json")],
+                         ids=["full-while-appending-samples", "full-while-writing-the-entry"])
+def test_disk_full_midway_exits_1_keeps_samples_and_leaves_no_tmp_file(tiny_fs, size, failing):
+    out = tiny_fs.mount(size) / "eval"
+    r = _cli(*EVAL, "--limit", "8", "--batch-size", "2", "--output", str(out))
+    assert r.returncode == 1, r.stderr
+    line = _one_error_line(r.stderr, f"{out / failing}: {os.strerror(28)}", "re-run the same command to resume")
+    assert f"finished samples are saved in {out}" in line
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], list(out.iterdir())
+    assert (out / "entry.json").exists() is False
+    saved = (out / "samples.jsonl").read_bytes()
+    kept = saved[: saved.rfind(b"\n") + 1]
+    assert kept.count(b"\n") >= 1
+    for line in kept.decode().splitlines():
+        assert json.loads(line)["completion"] is not None  # whole, valid records
+    tiny_fs.resize("4m")  # free space: the same command resumes and completes
+    again = _cli(*EVAL, "--limit", "8", "--batch-size", "2", "--output", str(out))
+    assert again.returncode == 0, again.stderr
+    assert (out / "samples.jsonl").read_bytes().startswith(kept)
+    keys = _keys(out / "samples.jsonl")
+    assert len(keys) == len(set(keys)) == 8
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+# room for one checkpoint of the tiny model (~380 KiB): not for a second one, or not for the
+# final weights after the last one
+@pytest.mark.parametrize("size,overrides,failing", [
+    ("600k", {"max_steps": 6}, "checkpoints/step-000004: cannot write the checkpoint"),
+    ("450k", {"max_steps": 2, "save_every": 100}, "final: cannot write the final weights"),
+], ids=["full-while-checkpointing", "full-while-writing-the-final-weights"])
+def test_disk_full_during_training_exits_1_keeps_the_last_checkpoint_then_resumes(tmp_path, tiny_fs, size,
+                                                                                   overrides, failing):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump({**SFT_CFG, **overrides}))
+    out = tiny_fs.mount(size) / "run"
+    args = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(out), "--json"]
+    r = _cli(*args)
+    assert r.returncode == 1, r.stderr
+    _one_error_line(r.stderr, f"{out}/{failing}: {os.strerror(28)}", "checkpoint step-000002 is kept",
+                    "re-run the same command to resume")
+    # the half-written checkpoint / final directory is removed, the complete checkpoint kept
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]
+    assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()
+    assert not (out / "final").exists()
+    tiny_fs.resize("8m")
+    again = _cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "resumed" in again.stderr
+    assert json.loads(again.stdout)["steps"] == overrides["max_steps"]
+
+
+def _fill(directory: Path) -> None:
+    """Fill the file system of ``directory`` with one file, until it reports no space."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
     try:
-        out = mnt / "eval"
-        r = _cli(*EVAL, "--limit", "8", "--batch-size", "2", "--output", str(out))
-        assert r.returncode == 1, r.stderr
-        line = _one_error_line(r.stderr, f"{out / failing}: {os.strerror(28)}", "re-run the same command to resume")
-        assert f"finished samples are saved in {out}" in line
-        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], list(out.iterdir())
-        assert (out / "entry.json").exists() is False
-        saved = (out / "samples.jsonl").read_bytes()
-        kept = saved[: saved.rfind(b"\n") + 1]
-        assert kept.count(b"\n") >= 1
-        for line in kept.decode().splitlines():
-            assert json.loads(line)["completion"] is not None  # whole, valid records
-        # free space: the same command resumes and completes
-        subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)
-        again = _cli(*EVAL, "--limit", "8", "--batch-size", "2", "--output", str(out))
-        assert again.returncode == 0, again.stderr
-        assert (out / "samples.jsonl").read_bytes().startswith(kept)
-        keys = _keys(out / "samples.jsonl")
-        assert len(keys) == len(set(keys)) == 8
-        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == 28
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        os.close(fd)
+
+
+def test_disk_full_during_leaderboard_build_keeps_the_former_tables(tiny_fs):
+    mnt = tiny_fs.mount("1m")
+    out = mnt / "lb"
+    build = ["leaderboard", "build", "--entries", "tests/fixtures/entries", "--output", str(out)]
+    assert _cli(*build).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK}
+    _fill(mnt)
+    r = _cli(*build)
+    assert r.returncode == 1, r.stderr
+    _one_error_line(r.stderr, str(out), os.strerror(28))
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK}
+    assert after == before  # no .tmp left, every former file whole
+    fresh = mnt / "lb2"
+    r = _cli(*build[:-1], str(fresh))
+    assert r.returncode in (1, 2), r.stderr
+    _one_error_line(r.stderr, str(fresh), os.strerror(28))
+    assert not [p for p in fresh.iterdir() if p.name.endswith(".tmp") or p.stat().st_size == 0 and p.name != LOCK]
 
 
 # ------------------------------------------------------------------------- no markup
@@ -343,91 +416,3 @@ def test_markup_in_a_path_is_printed_verbatim(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"wrote markdown: {tmp_path / 'lb[/x]' / 'README.md'}" in r.stderr
 
-
-@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs (to fill the disk) needs root")
-def test_disk_full_during_a_checkpoint_exits_1_keeps_the_last_checkpoint(tmp_path):
-    cfg = tmp_path / "sft.yaml"
-    cfg.write_text(yaml.safe_dump({**SFT_CFG, "max_steps": 6}))
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    # room for one checkpoint of the tiny model (~380 KiB), not for two
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], check=True)
-    try:
-        out = mnt / "run"
-        args = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(out), "--json"]
-        r = _cli(*args)
-        assert r.returncode == 1, r.stderr
-        _one_error_line(r.stderr, str(out / "checkpoints" / "step-000004"), os.strerror(28),
-                        "step-000002 is kept", "re-run the same command to resume")
-        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]  # partial one removed
-        assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()
-        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
-        again = _cli(*args)
-        assert again.returncode == 0, again.stderr
-        assert "resumed" in again.stderr
-        assert json.loads(again.stdout)["steps"] == 6
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
-def _fill(directory: Path) -> None:
-    """Fill the file system of ``directory`` with one file, until it reports no space."""
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == 28
-    finally:
-        os.close(fd)
-
-
-@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs (to fill the disk) needs root")
-def test_disk_full_during_leaderboard_build_keeps_the_former_tables(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        out = mnt / "lb"
-        build = ["leaderboard", "build", "--entries", "tests/fixtures/entries", "--output", str(out)]
-        assert _cli(*build).returncode == 0
-        before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK}
-        _fill(mnt)
-        r = _cli(*build)
-        assert r.returncode == 1, r.stderr
-        _one_error_line(r.stderr, str(out), os.strerror(28))
-        after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK}
-        assert after == before  # no .tmp left, every former file whole
-        fresh = mnt / "lb2"
-        r = _cli(*build[:-1], str(fresh))
-        assert r.returncode in (1, 2), r.stderr
-        _one_error_line(r.stderr, str(fresh), os.strerror(28))
-        assert not [p for p in fresh.iterdir() if p.name.endswith(".tmp") or p.stat().st_size == 0 and p.name != LOCK]
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
-@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs (to fill the disk) needs root")
-def test_disk_full_while_writing_the_final_weights_exits_1_then_resumes(tmp_path):
-    cfg = tmp_path / "sft.yaml"
-    cfg.write_text(yaml.safe_dump({**SFT_CFG, "max_steps": 2, "save_every": 100}))
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    # room for the last checkpoint (~380 KiB), not for the final weights after it
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=450k", "tmpfs", str(mnt)], check=True)
-    try:
-        out = mnt / "run"
-        args = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(out), "--json"]
-        r = _cli(*args)
-        assert r.returncode == 1, r.stderr
-        _one_error_line(r.stderr, f"{out / 'final'}: cannot write the final weights: {os.strerror(28)}",
-                        "step-000002 is kept")
-        assert not (out / "final").exists()  # a half-written final directory is removed
-        assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()
-        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
-        again = _cli(*args)
-        assert again.returncode == 0, again.stderr
-        assert "resumed" in again.stderr
-        assert json.loads(again.stdout)["steps"] == 2
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
