@@ -1,6 +1,9 @@
 """The ``dllm-bench`` command line (Typer + rich).
 
-Exit codes: 0 ok; 1 run failed or regression; 2 bad input / usage (one line, no traceback).
+Exit codes: 0 ok; 1 run failed or regression (also an output that fails midway: a full disk);
+2 bad input / usage (one line, no traceback), also an output directory that cannot be written
+(checked before any model load) or that another process is writing; 130 / 143 interrupted by
+SIGINT / SIGTERM (finished work is kept; re-running the same command resumes).
 stdout carries only results (``--json`` output, final tables); logs and progress go to
 stderr through one rich Console (:mod:`dllm_bench.console`).
 """
@@ -10,6 +13,8 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -17,8 +22,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from . import __version__
-from .console import console, disable_progress, setup_logging, stdout_console
-from .errors import BadInputError, DllmBenchError
+from .console import console, disable_progress, print_line, setup_logging, stdout_console
+from .errors import BadInputError, DllmBenchError, Interrupted, interrupt_in
 
 app = typer.Typer(
     name="dllm-bench",
@@ -44,21 +49,71 @@ def _sandbox_app():
 app.add_typer(_sandbox_app(), name="sandbox", help="Check sandboxes and build the Docker sandbox image.")
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Map dllm-bench errors to one stderr line and their exit code (2 bad input, 1 failure)."""
+_in_command = False  # a handle_errors-wrapped command body is running (it reports interrupts itself)
+
+
+def handle_errors(fn: Callable | None = None, *, saved: str | None = None) -> Callable:
+    """Map errors to one stderr line (never a traceback, never parsed as markup) and an exit code.
+
+    - :class:`DllmBenchError`: its ``exit_code`` (2 bad input, 1 failure);
+    - :class:`OSError` (no space, read-only, permission denied, not a directory): exit 1 when
+      it hits the claimed output directory midway (or the disk is full) — the line says what
+      is saved and to re-run —, else exit 2 (an unusable path the user gave);
+    - SIGINT / SIGTERM (:class:`KeyboardInterrupt`, :class:`~dllm_bench.errors.Interrupted`),
+      also when a cleanup it started raised another error: exit 130 / 143 with what is saved.
+
+    Args:
+        saved: what a re-run resumes from, for the interrupt and failure lines (e.g.
+            "finished samples are saved"); None for commands with nothing to resume.
+    """
+    if fn is None:
+        return functools.partial(handle_errors, saved=saved)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _in_command
+        _in_command = True
         try:
             return fn(*args, **kwargs)
-        except DllmBenchError as exc:
-            console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.print("[bold red]interrupted[/] (finished samples are saved; re-run to resume)")
-            raise typer.Exit(130) from None
+        except (typer.Exit, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - mapped below, anything else re-raised
+            intr = interrupt_in(exc)
+            if intr is not None:
+                signum = getattr(intr, "signum", signal.SIGINT)
+                if saved:
+                    print_line("interrupted:", f"{saved}; re-run the same command to resume")
+                else:
+                    print_line("interrupted", "")
+                raise typer.Exit(128 + int(signum)) from None
+            if isinstance(exc, DllmBenchError):
+                print_line("error:", str(exc))
+                raise typer.Exit(exc.exit_code) from None
+            if isinstance(exc, OSError):
+                code, line = _os_error_line(exc, saved)
+                print_line("error:", line)
+                raise typer.Exit(code) from None
+            raise
 
     return wrapper
+
+
+def _os_error_line(exc: OSError, saved: str | None) -> tuple[int, str]:
+    """(exit code, one line) for an OSError that reached the CLI: 1 when the run's own output
+    failed midway (a file inside a claimed output directory, a full disk), else 2."""
+    import errno
+
+    from .outdir import claimed, describe_os_error, held_by_us
+
+    line = describe_os_error(exc)
+    fname = exc.filename if isinstance(exc.filename, (str, bytes, os.PathLike)) else None
+    midway = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO) or (
+        fname is not None and held_by_us(Path(os.fsdecode(fname)).parent))
+    if not midway:
+        return 2, line
+    where = " in " + ", ".join(map(str, claimed())) if claimed() else ""
+    return 1, line + (f"; the run stopped: {saved}{where}; fix this and re-run the same command to resume"
+                      if saved else "; the command stopped; fix this and re-run it")
 
 
 def _module(name: str, feature: str):
@@ -150,7 +205,7 @@ def list_cmd(
                          "problem": problem})
     for r in rows:
         if r["problem"]:
-            console.print(f"[yellow]warning:[/] {r['kind']} {r['name']!r}: {r['problem']}", soft_wrap=True)
+            print_line("warning:", f"{r['kind']} {r['name']!r}: {r['problem']}", style="yellow")
     if as_json:
         print_json(rows)
         return
@@ -163,8 +218,13 @@ def list_cmd(
 
 
 # ------------------------------------------------------------------------------ eval
+SAVED_SAMPLES = "finished samples are saved"
+SAVED_CHECKPOINTS = "checkpoints written so far are saved (training resumes from the last one)"
+SAVED_RECIPE = "finished stages, checkpoints and samples are saved"
+
+
 @app.command("eval")
-@handle_errors
+@handle_errors(saved=SAVED_SAMPLES)
 def eval_cmd(
     model: Annotated[str, typer.Option(help="Built-in spec (tiny-block-dlm, tiny-full-dlm, tiny-ar, smollm2-135m), "
                                        "a local checkpoint directory, a .gguf file or a hub id.")],
@@ -189,6 +249,9 @@ def eval_cmd(
 ):
     """Evaluate MODEL on TASK with SAMPLER: writes a leaderboard entry + per-sample records."""
     _deterministic(deterministic)
+    from .outdir import claim_output
+
+    claim_output(output, read_only_if="entry.json")  # before any model load
     ev = _module("evaluate", "eval")
     entry = ev.run_eval(model=model, task=task, sampler=sampler, sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
                         model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
@@ -227,7 +290,7 @@ def score_cmd(
 
 # ----------------------------------------------------------------------------- train
 @app.command("train")
-@handle_errors
+@handle_errors(saved=SAVED_CHECKPOINTS)
 def train_cmd(
     trainer: Annotated[str, typer.Option(help="Trainer plugin: sft, tracerl, value, block-adapt, dipo, random-mask-rl.")],
     config: Annotated[Path, typer.Option(help="Trainer config YAML (validated by the trainer's pydantic Config).")],
@@ -240,17 +303,20 @@ def train_cmd(
 ):
     """Train with a trainer plugin (single process here; `accelerate launch -m dllm_bench train ...` for many)."""
     _deterministic(deterministic)
+    from .outdir import claim_output
+
+    claim_output(output)  # before any model load
     tb = _module("trainers.base", "train")
     result = tb.run_trainer(trainer, config, output, overrides=parse_kv(set_, "--set"))
     if as_json:
         print_json(result.to_dict() if hasattr(result, "to_dict") else result)
     else:
-        stdout_console.print(f"final weights: {getattr(result, 'final_dir', result)}")
+        stdout_console.print(f"final weights: {getattr(result, 'final_dir', result)}", markup=False)
 
 
 # ------------------------------------------------------------------------------- run
 @app.command("run")
-@handle_errors
+@handle_errors(saved=SAVED_RECIPE)
 def run_cmd(
     recipe: Annotated[Optional[str], typer.Argument(help="Packaged recipe name or a recipe YAML path (default: the embedded default).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List packaged recipes.")] = False,
@@ -279,6 +345,9 @@ def leaderboard_build(
                                                      "against (rows may also name theirs in training.reference).")] = None,
 ):
     """Write Markdown, CSV, JSON and a static HTML page (sortable table + plots)."""
+    from .outdir import claim_output
+
+    claim_output(output)
     lb = _module("leaderboard", "leaderboard")
     lb.build_cli(entries, output, reference=reference)
 
@@ -372,7 +441,7 @@ def schema_cmd(
     output.mkdir(parents=True, exist_ok=True)
     for n, s in chosen.items():
         (output / f"{n}.schema.json").write_text(json.dumps(s, indent=2, sort_keys=True) + "\n")
-        console.print(f"wrote {output / f'{n}.schema.json'}")
+        console.print(f"wrote {output / f'{n}.schema.json'}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:
@@ -381,7 +450,16 @@ def main() -> None:
     from . import determinism
 
     determinism.allow_reexec()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C (finished work is kept); the CLI then exits 143. Outside a
+    command body (argument parsing, a command without :func:`handle_errors`) it exits 143 at once."""
+    if not _in_command:
+        raise SystemExit(128 + signum)
+    raise Interrupted(signum)
 
 
 if __name__ == "__main__":

@@ -78,3 +78,12 @@ class _Advance:
         if self._bar is not None:
             kw = {"info": info} if info is not None else {}
             self._bar.update(self._task, advance=n, **kw)
+
+
+def print_line(label: str, text: str, style: str = "bold red") -> None:
+    """Print ``<label> <text>`` on stderr as one line; ``text`` (exception text, paths, task
+    names: user values) is never parsed as rich markup nor highlighted."""
+    from rich.text import Text
+
+    line = Text.assemble((label, style), " " + str(text) if text else "")
+    console.print(line, highlight=False, soft_wrap=True)

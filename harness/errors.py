@@ -3,7 +3,9 @@
 Exit codes (the CLI contract):
     0  ok
     1  the run failed, or the regression gate found a regression (:class:`RunFailedError`)
-    2  bad input or usage (:class:`BadInputError`): one clear line, never a traceback
+    2  bad input or usage (:class:`BadInputError`): one clear line, never a traceback;
+       also an output directory that cannot be written or is in use by another process
+    130 / 143  interrupted by SIGINT (Ctrl-C) / SIGTERM (:class:`Interrupted`); re-running resumes
 """
 
 from __future__ import annotations
@@ -49,3 +51,31 @@ class RunFailedError(DllmBenchError):
 
 class PluginError(BadInputError):
     """A plugin cannot be selected: unknown name, duplicate name, or failed import. Exit code 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM) turned into the same unwinding as Ctrl-C (SIGINT).
+
+    The CLI exits with ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
+
+    Args:
+        signum: the signal received.
+    """
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"signal {signum}")
+
+
+def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C / SIGTERM (:class:`KeyboardInterrupt`) that ``exc`` is, or that it was raised
+    while unwinding (its ``__cause__`` / ``__context__`` chain), else None: an error raised by a
+    cleanup that the interrupt started is reported as the interrupt."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

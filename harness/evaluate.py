@@ -116,7 +116,23 @@ def _check_run_file(path: Path, ident: dict[str, Any]) -> None:
             raise BadInputError(f"output directory holds a run with a different {', '.join(diff)}; "
                                 "use another --output (or delete it) instead of mixing samples", path=path)
     else:
-        path.write_text(json.dumps(ident, indent=2, sort_keys=True) + "\n")
+        from .outdir import write_atomic
+
+        write_atomic(path, json.dumps(ident, indent=2, sort_keys=True) + "\n")
+
+
+def _unchanged_entry(path: Path, new: Entry) -> Entry | None:
+    """The entry stored at ``path`` when it records the same finished run as ``new`` (same key,
+    model, seeds, samples file and status), else None."""
+    if not path.is_file():
+        return None
+    try:
+        old = Entry.load(path)
+    except BadInputError:
+        return None
+    same = (old.key_digest == new.key_digest and old.entry_id == new.entry_id and old.samples == new.samples
+            and old.status.state == new.status.state == "complete")
+    return old if same else None
 
 
 def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any] | None = None,
@@ -148,6 +164,9 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
     Raises:
         BadInputError: unknown plugin / model, invalid config, a sampler that does not fit the
             model family, an output directory holding a different run.
+        OSError: writing ``output`` failed (no space, read-only, ...): finished samples stay in
+            ``samples.jsonl``. A read-only ``output`` that already holds this finished run's
+            entry is not an error: that entry is returned.
     """
     if task.startswith("lm-eval:"):
         from .lmeval import run_lmeval_task
@@ -198,7 +217,8 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
     with SampleStore(out / SAMPLES_FILE) as store:
         todo = sum(1 for _, d, s in items if (d.id, s) not in store)
         if todo < len(items):
-            console.print(f"resuming: {len(items) - todo} of {len(items)} samples already in {out / SAMPLES_FILE}")
+            console.print(f"resuming: {len(items) - todo} of {len(items)} samples already in {out / SAMPLES_FILE}",
+                          markup=False, highlight=False, soft_wrap=True)
         with progress(f"eval {task}", todo) as advance:
             for batch in batches:
                 pending = [(di, d, si) for di, d, si in batch if (d.id, si) not in store]
@@ -258,7 +278,14 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
         metrics=metrics, cost=Cost(**meter.to_cost()),
         status=Status(state=state, n_expected=len(items), n_done=n_done, n_failed=n_failed, errors=errors[:20]),
         samples=SamplesRef(path=SAMPLES_FILE, sha256=sha256_file(samples_path), n_records=n_done))
-    entry.write(out / ENTRY_FILE)
+    try:
+        entry.write(out / ENTRY_FILE)
+    except OSError:
+        kept = _unchanged_entry(out / ENTRY_FILE, entry) if todo == 0 else None
+        if kept is None:
+            raise
+        log.warning("%s is not writable; it already holds this finished run's entry", out)
+        return kept
     if state == "failed" and not errors:  # pragma: no cover - defensive
         raise RunFailedError("no sample was produced")
     return entry
@@ -270,22 +297,23 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 def print_entry(entry: Entry) -> None:
     """Print an entry as rich tables on stdout: identity, metrics (value ± stderr, n), cost, status."""
+    from rich.markup import escape
     from rich.table import Table
 
     k = entry.key
     title = entry.label or f"{entry.repro.model.id} · {k.task.name} · {k.sampler.name}"
-    head = Table(title=title, show_header=False)
+    head = Table(title=escape(title), show_header=False)
     head.add_column("field")
     head.add_column("value")
     cfg = k.sampler.config
     knobs = ", ".join(f"{n}={cfg[n]}" for n in ("block_size", "denoising_steps", "remasking", "confidence_threshold",
                                                  "temperature", "top_k", "top_p", "max_new_tokens", "cache_mode")
                       if n in cfg)
-    head.add_row("model", f"{entry.repro.model.id} ({entry.repro.model.family}, {entry.repro.model.dtype}, "
-                          f"{entry.repro.model.num_parameters:,} params)")
-    head.add_row("task", f"{k.task.name} v{k.task.version} ({k.task.dataset.n_effective}/{k.task.dataset.n_original} "
-                         f"docs, {k.samples_per_problem} sample(s) each)")
-    head.add_row("sampler", f"{k.sampler.name} v{k.sampler.version}: {knobs}")
+    m, ds = entry.repro.model, k.task.dataset
+    head.add_row("model", escape(f"{m.id} ({m.family}, {m.dtype}, {m.num_parameters:,} params)"))
+    head.add_row("task", escape(f"{k.task.name} v{k.task.version} ({ds.n_effective}/{ds.n_original} docs, "
+                                f"{k.samples_per_problem} sample(s) each)"))
+    head.add_row("sampler", escape(f"{k.sampler.name} v{k.sampler.version}: {knobs}"))
     head.add_row("status", f"{entry.status.state} ({entry.status.n_done}/{entry.status.n_expected} samples"
                            + (f", {entry.status.n_failed} failed" if entry.status.n_failed else "") + ")")
     head.add_row("key digest", entry.key_digest[:16])

@@ -445,7 +445,7 @@ def print_report(report: GateReport) -> None:
     stdout_console.print(t)
     for c in report.checks:
         if c.note:
-            stdout_console.print(f"note: {c.row} / {c.check}: {c.note}", highlight=False)
+            stdout_console.print(f"note: {c.row} / {c.check}: {c.note}", markup=False, highlight=False, soft_wrap=True)
     stdout_console.print("[bold red]REGRESSION[/]" if not report.ok else "[green]no regression[/]")
 
 

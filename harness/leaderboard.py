@@ -466,9 +466,16 @@ def build(entries: Sequence[LoadedEntry], output: str | Path, *, reference: str 
           title: str = "dllm-bench leaderboard") -> dict[str, Path]:
     """Write README.md, leaderboard.csv, leaderboard.json, index.html and plot-<task>.svg.
 
+    Each file is written atomically (a failed write leaves the former file and no ``.tmp``).
+
     Returns:
         ``{"markdown", "csv", "json", "html", "plot:<task>"...}`` -> written path.
+
+    Raises:
+        OSError: a file could not be written (no space, read-only, ...).
     """
+    from .outdir import write_atomic
+
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     data = leaderboard_data(entries, reference)
@@ -476,14 +483,14 @@ def build(entries: Sequence[LoadedEntry], output: str | Path, *, reference: str 
     plots = []
     for task in _tasks(data):
         p = out / f"plot-{_slug(task)}.svg"
-        p.write_text(plot_svg([g for g in data["groups"] if g["task"] == task], task))
+        write_atomic(p, plot_svg([g for g in data["groups"] if g["task"] == task], task))
         written[f"plot:{task}"] = p
         plots.append(p.name)
     for name, fname, text in (("markdown", "README.md", to_markdown(data, title=title, plots=plots)),
                               ("csv", "leaderboard.csv", to_csv(data)),
                               ("json", "leaderboard.json", json.dumps(data, indent=2, sort_keys=True) + "\n"),
                               ("html", "index.html", to_html(data, title=title))):
-        (out / fname).write_text(text, encoding="utf-8")
+        write_atomic(out / fname, text)
         written[name] = out / fname
     return written
 
@@ -499,7 +506,7 @@ def build_cli(entries: str | Path, output: str | Path, *, reference: str | None 
     loaded = _load(entries)
     written = build(loaded, output, reference=reference)
     for name, p in written.items():
-        console.print(f"wrote {name}: {p}", highlight=False)
+        console.print(f"wrote {name}: {p}", markup=False, highlight=False, soft_wrap=True)
     return written
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 from pydantic import Field, PrivateAttr, model_validator
+from rich.markup import escape
 
 from .console import console, stdout_console
 from .errors import BadInputError, RunFailedError
@@ -353,7 +354,7 @@ def _build_model(recipe: Recipe, step: dict, summary: dict) -> None:
     if _done(path / "DONE.json", digest):
         summary["skipped"].append(f"model {m.id}")
         return
-    console.print(f"[bold]model[/] {m.id}: building {m.spec} {m.args}")
+    console.print("[bold]model[/] " + escape(f"{m.id}: building {m.spec} {m.args}"))
     args = {"init_seed": recipe.seed, **m.args}
     adapter = load_model(m.spec, **args)
     adapter.save(path)
@@ -368,7 +369,7 @@ def _train(step: dict, run_dir: Path, summary: dict) -> None:
     if _done(marker, step["config_sha256"]):
         summary["skipped"].append(f"stage {step['name']}")
         return
-    console.print(f"[bold]stage[/] {step['name']}: {step['trainer']}")
+    console.print("[bold]stage[/] " + escape(f"{step['name']}: {step['trainer']}"))
     t0 = time.time()
     trainer = registry.create("trainers", step["trainer"], step["config"], source=step["name"])
     result = trainer.train(stage_dir)
@@ -396,7 +397,7 @@ def _evaluate(recipe: Recipe, step: dict, run_dir: Path, summary: dict) -> None:
         summary["skipped"].append(f"eval {ev.label}")
         summary["entries"].append(str(out / "entry.json"))
         return
-    console.print(f"[bold]eval[/] {ev.label}: {ev.task} / {ev.sampler} / {step['model']}")
+    console.print("[bold]eval[/] " + escape(f"{ev.label}: {ev.task} / {ev.sampler} / {step['model']}"))
     entry = run_eval(model=step["model"], task=ev.task, sampler=ev.sampler, sampler_args=ev.sampler_args,
                      model_args=ev.model_args, task_args=ev.task_args, limit=ev.limit, samples=ev.samples,
                      batch_size=ev.batch_size, seed=recipe.seed, output=out, sandbox=None,
@@ -443,7 +444,6 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
         if as_json:
             stdout_console.print_json(json.dumps(rows))
         else:
-            from rich.markup import escape
             from rich.table import Table
 
             t = Table(title="packaged recipes")
@@ -464,7 +464,6 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
         if as_json:
             stdout_console.print_json(json.dumps(steps, default=str))
             return
-        from rich.markup import escape
         from rich.table import Table
 
         t = Table(title=f"plan: {rec.name} -> {run_dir}")
@@ -483,7 +482,10 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
         from . import determinism
 
         determinism.enter(rec.threads)
-    console.print(f"running recipe [bold]{rec.name}[/] ({path}) into {run_dir}"
+    from .outdir import claim_output
+
+    claim_output(run_dir)  # one writer per run directory; before any model load
+    console.print(f"running recipe [bold]{escape(rec.name)}[/] ({escape(str(path))}) into {escape(str(run_dir))}"
                   f"{' (deterministic mode)' if rec.wants_deterministic() else ''}")
     summary = run_recipe(rec, run_dir)
     from .gate import load_entries
@@ -492,5 +494,5 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
     entries = [le for p in summary["entries"] for le in load_entries(p)]
     outputs = build(entries, run_dir / "leaderboard", title=f"dllm-bench: {rec.name}")
     console.print(f"leaderboard written to {outputs['markdown'].parent}; {len(summary['skipped'])} finished "
-                  f"steps skipped; wall {summary['wall_s']} s")
+                  f"steps skipped; wall {summary['wall_s']} s", markup=False, highlight=False, soft_wrap=True)
     show_cli(run_dir / "evals", as_json=as_json)

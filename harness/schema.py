@@ -231,10 +231,15 @@ class Entry(StrictModel):
         return validate_config(cls, data, what="entry", source=str(path))
 
     def write(self, path: str | Path) -> None:
+        """Write the entry atomically (:func:`dllm_bench.outdir.write_atomic`).
+
+        Raises:
+            OSError: the write failed; ``path`` keeps its former content and no ``.tmp`` is left.
+        """
+        from .outdir import write_atomic
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n")
-        tmp.replace(path)
+        write_atomic(path, self.model_dump_json(indent=2) + "\n")
 
 
 class SampleRecord(StrictModel):

@@ -30,13 +30,13 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
 from .jsonl import iter_jsonl_objects
+from .outdir import write_atomic
 from .plugins import Doc, Verdict
 from .schema import SampleRecord, sha256_text
 
@@ -181,12 +181,6 @@ def _sample_record(task: Any, p: Prediction, v: Verdict) -> SampleRecord:
     return SampleRecord.model_validate(base)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def score_predictions(*, task: str, predictions: str | Path, output: str | Path | None = None,
                       sandbox: str | None = None, task_args: dict[str, Any] | None = None,
                       data_source: str = "packaged") -> dict[str, Any]:
@@ -231,9 +225,9 @@ def score_predictions(*, task: str, predictions: str | Path, output: str | Path 
             out = Path(output)
             out.mkdir(parents=True, exist_ok=True)
             lines = [_sample_record(t, p, v).model_dump_json() for p, v in zip(preds, verdicts)]
-            _write_atomic(out / SAMPLES_FILE, "".join(line + "\n" for line in lines))
+            write_atomic(out / SAMPLES_FILE, "".join(line + "\n" for line in lines))
             result["output"] = str(out)
-            _write_atomic(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+            write_atomic(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
         return result
     finally:
         close = getattr(t, "close", None)
@@ -260,4 +254,4 @@ def print_result(result: dict[str, Any]) -> None:
         table.add_row(name, f"{value:.4f}" if value is not None else "-", f"{se:.4f}" if se is not None else "-")
     stdout_console.print(table)
     if result.get("output"):
-        stdout_console.print(f"per-sample verdicts: {Path(result['output']) / SAMPLES_FILE}")
+        stdout_console.print(f"per-sample verdicts: {Path(result['output']) / SAMPLES_FILE}", markup=False)

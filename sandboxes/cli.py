@@ -105,15 +105,15 @@ def build_image_cmd(
     The root-fs tarball is cached in $DLLM_BENCH_CACHE/sandbox (default ~/.cache/dllm-bench/sandbox).
     Prints the image id on stdout.
     """
-    from dllm_bench.console import console
+    from dllm_bench.console import console, print_line
 
     from .docker import IMAGE, build_image
     from .process import SandboxUnavailable
 
     try:
         image_id = build_image(IMAGE, suite=suite, mirror=mirror, rebuild=rebuild,
-                               log=lambda m: console.print(f"[dim]{m}[/]"))
+                               log=lambda m: console.print(m, style="dim", markup=False, highlight=False))
     except SandboxUnavailable as exc:
-        console.print(f"[red]cannot build the sandbox image: {exc}[/]")
+        print_line("cannot build the sandbox image:", str(exc), style="red")
         raise typer.Exit(1) from None
     sys.stdout.write(f"{IMAGE} {image_id}\n")

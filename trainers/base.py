@@ -30,6 +30,7 @@ live in ``dllm_bench/trainers/configs/``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ from typing import Any, Iterator, Literal
 import torch
 from pydantic import Field
 
-from dllm_bench.errors import BadInputError
+from dllm_bench.errors import BadInputError, RunFailedError, interrupt_in
 from dllm_bench.plugins import StrictModel
 
 log = logging.getLogger("dllm_bench.trainers")
@@ -589,10 +590,23 @@ class Engine:
         return done[-1] if done else None
 
     def save_checkpoint(self) -> Path:
-        """Save everything needed for exact resume at the current step."""
+        """Save everything needed for exact resume at the current step.
+
+        Raises:
+            RunFailedError: the checkpoint could not be written (a full disk, a read-only or
+                unwritable run directory); the partial checkpoint is removed and the earlier
+                complete ones are kept, so re-running the same command resumes from the last.
+        """
         d = self.ckpt_root / f"step-{self.state.step:06d}"
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(d), safe_serialization=False)
+        try:
+            self.accelerator.save_state(str(d), safe_serialization=False)
+        except BaseException as exc:
+            shutil.rmtree(d, ignore_errors=True)  # never a COMPLETE marker: resume ignores it anyway
+            # torch.save reports a short write as RuntimeError; an interrupt stays an interrupt
+            if isinstance(exc, (OSError, RuntimeError)) and interrupt_in(exc) is None:
+                raise RunFailedError(self._checkpoint_failure(d, exc)) from None
+            raise
         self.accelerator.wait_for_everyone()
         if self.is_main:
             (d / "COMPLETE").write_text(json.dumps({"step": self.state.step, "time": time.time()}) + "\n")
@@ -601,6 +615,21 @@ class Engine:
                 shutil.rmtree(p, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return d
+
+    def _checkpoint_failure(self, d: Path, exc: BaseException, what: str = "the checkpoint") -> str:
+        """One line: which checkpoint failed, why (the errno's meaning; no space when the disk is
+        full), and what a re-run resumes from."""
+        if isinstance(exc, OSError) and exc.errno:
+            reason = os.strerror(exc.errno)
+        else:
+            try:
+                full = shutil.disk_usage(self.run_dir).free < 16 * 2 ** 20
+            except OSError:
+                full = False
+            reason = os.strerror(errno.ENOSPC) if full else str(exc).strip().splitlines()[0]
+        last = self.latest_checkpoint()
+        kept = f"checkpoint {last.name} is kept" if last is not None else "no checkpoint was saved yet"
+        return f"{d}: cannot write {what}: {reason}; {kept}; fix this and re-run the same command to resume"
 
     def resume(self) -> int:
         """Load the newest complete checkpoint (if any); returns the step to continue from."""
@@ -656,7 +685,12 @@ class Engine:
     def save_final(self, model: torch.nn.Module, adapter: Any, directory: Path,
                    training: dict[str, Any], submodule: str = "lm") -> Path:
         """Write the trained weights in Hugging Face format with the adapter's tokenizer and
-        ``dllm_bench.json`` sidecar (``load_model(directory)`` loads them)."""
+        ``dllm_bench.json`` sidecar (``load_model(directory)`` loads them).
+
+        Raises:
+            RunFailedError: the weights could not be written (a full disk, a read-only run
+                directory); the half-written directory is removed, the checkpoints are kept.
+        """
         from dllm_bench.models import SIDECAR
 
         self.accelerator.wait_for_everyone()
@@ -665,16 +699,23 @@ class Engine:
             prefix = submodule + "."
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             d = Path(directory)
-            d.mkdir(parents=True, exist_ok=True)
-            adapter.model.save_pretrained(d, state_dict=sub, safe_serialization=True)
-            adapter.tokenizer.save_pretrained(d)
-            from dllm_bench.determinism import report
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                adapter.model.save_pretrained(d, state_dict=sub, safe_serialization=True)
+                adapter.tokenizer.save_pretrained(d)
+                from dllm_bench.determinism import report
 
-            meta = adapter.sidecar()
-            det = report()
-            meta["training"] = {**training, "determinism": {k: det[k] for k in ("mode", "pinned",
-                                                                                "aten_cpu_capability")}}
-            (d / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+                meta = adapter.sidecar()
+                det = report()
+                meta["training"] = {**training, "determinism": {k: det[k] for k in ("mode", "pinned",
+                                                                                    "aten_cpu_capability")}}
+                (d / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            except Exception as exc:  # noqa: BLE001 - safetensors reports I/O errors as its own type
+                if interrupt_in(exc) is not None or not (isinstance(exc, (OSError, RuntimeError))
+                                                         or type(exc).__name__ == "SafetensorError"):
+                    raise
+                shutil.rmtree(d, ignore_errors=True)  # a half-written final directory is never loaded
+                raise RunFailedError(self._checkpoint_failure(d, exc, what="the final weights")) from None
         self.accelerator.wait_for_everyone()
         return Path(directory)
 
