@@ -12,7 +12,9 @@ calls :func:`claim_output` on the directory it was given before loading anything
   file. The kernel drops the lock when the process dies (even by SIGKILL), so resuming a
   crashed run needs no manual unlock; a second writer fails with exit code 2 naming the
   directory and the PID. Claiming a directory this process already holds, or one inside it
-  (a recipe's stage and eval directories), is a no-op.
+  (a recipe's stage and eval directories), is a no-op;
+- a directory the claim created and the command then left empty (it failed validation after
+  the claim) is removed when the process exits, so bad input writes nothing.
 
 :func:`write_atomic` writes a file through a temporary sibling and ``os.replace``, and
 removes the temporary file when the write fails (a full disk leaves no empty ``.tmp``).
@@ -22,6 +24,7 @@ errno's meaning (:func:`os.strerror`).
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import tempfile
@@ -137,6 +140,7 @@ def claim_output(directory: str | Path, *, read_only_if: str | None = None) -> b
         BadInputError: the directory cannot be created or written (:func:`check_writable`).
     """
     d = Path(directory)
+    fresh = not d.exists()
     try:
         check_writable(d)
     except BadInputError:
@@ -156,7 +160,29 @@ def claim_output(directory: str | Path, *, read_only_if: str | None = None) -> b
     except OSError as exc:
         raise unusable_output(exc, d) from None
     _held[d.resolve()] = lock
+    if fresh:
+        _created.append(d.resolve())
+        if len(_created) == 1:
+            atexit.register(_remove_unused)
     return True
+
+
+_created: list[Path] = []  # directories claim_output created in this process
+
+
+def _remove_unused() -> None:
+    """At exit: a directory this process created but wrote nothing into (the command failed
+    validation after claiming it) is removed again, so bad input leaves nothing behind."""
+    for d in _created:
+        try:
+            if {p.name for p in d.iterdir()} <= {LOCK_FILE}:
+                lock = _held.pop(d, None)
+                if lock is not None:
+                    lock.release(force=True)  # type: ignore[attr-defined]
+                (d / LOCK_FILE).unlink(missing_ok=True)
+                d.rmdir()
+        except OSError:
+            pass
 
 
 def claimed() -> list[Path]:
