@@ -38,8 +38,10 @@ intra-/inter-op thread counts. Variables read when a shared library is loaded (g
 tunables, ATen's capability) only take effect in a new process, so the CLI re-executes
 itself once with the pins set (:func:`enter`); child processes inherit them.
 
-Cost: the tiny CPU recipes run at about the same speed (their matrices are too small for
-wide vectors to matter; see the README for the measured minutes).
+Cost (measured side by side on an AVX-512 machine, README): the ``ci`` recipe's tiny model
+runs at the same speed; the ``default`` recipe's SFT and TraceRL stages, whose GEMMs now
+take MKL's compatible path and ATen's baseline kernels, make the whole run about 1.6x
+slower than native.
 
 Sources: PyTorch ``aten/src/ATen/native/DispatchStub.cpp`` (``ATEN_CPU_CAPABILITY``);
 Intel oneMKL Developer Guide, "Obtaining Numerically Reproducible Results" (``MKL_CBWR``);

@@ -549,10 +549,10 @@ class RowBook:
                 self.commits[r].append(StepCommit(self.steps[r], block, [offs[i] + c for c in cols],
                                                   x0_c[i, cols].tolist(), [round(v, 6) for v in conf_c[i, cols].tolist()]))
 
-    def trajectory(self, r: int, block_size: int) -> Trajectory:
+    def trajectory(self, r: int, block_size: int, block_alignment: str = "response") -> Trajectory:
         n = self.decoded[r]
         return Trajectory(step_map=self.step_map[r][:n], steps=self.commits[r] if self.record else [],
-                          block_size=block_size, denoise_steps=self.steps[r])
+                          block_size=block_size, denoise_steps=self.steps[r], block_alignment=block_alignment)
 
 
 class DiffusionBatch:
@@ -690,7 +690,8 @@ def diffusion_generations(model: Any, cfg: Any, st: DiffusionBatch, seeds: list[
     for r in range(len(raw)):
         ids, text, reason = finish(raw[r], tokenizer=model.tokenizer, eos_ids=model.eos_token_ids, stop=cfg.stop,
                                    max_new_tokens=cfg.max_new_tokens)
+        traj = book.trajectory(r, block_size, st.alignment) if record else None
         out.append(Generation(token_ids=ids, text=text, finish_reason=reason, nfe=book.nfe[r], wall_s=share,
-                              raw_token_ids=raw[r], trajectory=book.trajectory(r, block_size) if record else None,
-                              seed=seeds[r], forward_calls=round(book.calls[r], 6)))
+                              raw_token_ids=raw[r], trajectory=traj, seed=seeds[r],
+                              forward_calls=round(book.calls[r], 6)))
     return out

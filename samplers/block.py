@@ -147,11 +147,7 @@ class _BlockSampler(SamplerBase):
         with torch.no_grad(), Timer(dev) as timer:
             st = DiffusionBatch(model, prompts, B, cfg, seeds, record_trajectory, alignment=alignment)
             self._decode(st, quotas, threshold)
-        gens = diffusion_generations(model, cfg, st, seeds, timer.seconds, record_trajectory)
-        for g in gens:
-            if g.trajectory is not None:
-                g.trajectory.block_alignment = alignment
-        return gens
+        return diffusion_generations(model, cfg, st, seeds, timer.seconds, record_trajectory)
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, st: DiffusionBatch, quotas: list[int], threshold: float | None) -> None:

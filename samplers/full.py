@@ -150,9 +150,12 @@ class FULL_DIFFUSION(SamplerBase):
             # first position is committed at the block's first forward, so its own logits are never used);
             # without that rule a shifted model reads the block's logits from one column to the left
             w = s if (first_rule or not shift) else s - shift
-            plan = ([0] + list(quotas)) if first_rule else list(quotas)
-            if first_rule and threshold is None:  # the first position, then the rest over the remaining steps
-                plan = [0] + step_quotas(B - 1, max(1, len(quotas) - 1)) if B > 1 else [0]
+            if not first_rule:
+                plan = list(quotas)
+            elif threshold is not None:  # the first position, then top-1 + passing candidates until clean
+                plan = [0] + list(quotas)
+            else:  # the first position, then the rest over the remaining steps
+                plan = [0] + (step_quotas(B - 1, max(1, len(quotas) - 1)) if B > 1 else [])
             for j, quota in enumerate(plan):
                 masked, active = st.masked(s, e)
                 if not bool(active.any()):
