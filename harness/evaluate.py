@@ -17,7 +17,7 @@
 4. aggregates the verdicts of all records (``task.aggregate``), sums per-sample costs, and
    writes ``<output>/entry.json`` (:class:`~dllm_bench.schema.Entry`).
 
-``<output>/run.json`` pins the comparability key digest and the model identity of the run:
+``<output>/run.json`` pins the protocol and system digests and the model identity of the run:
 re-running into the same directory with a different task / sampler config / model is bad
 input (exit code 2) instead of silently mixing samples. ``--task lm-eval:<name>`` is
 delegated to :func:`dllm_bench.lmeval.run_lmeval_task`.
@@ -34,8 +34,8 @@ from typing import Any
 
 from .console import console, progress, stdout_console
 from .errors import BadInputError, RunFailedError
-from .schema import (ComparabilityKey, Cost, Entry, HarnessInfo, Metric, ModelInfo, Repro, SampleRecord, SamplerKey,
-                     SamplesRef, Status, sha256_file, sha256_text)
+from .schema import (Cost, Entry, HarnessInfo, Metric, ModelInfo, Repro, SampleRecord, SamplesRef, Status,
+                     sha256_file, sha256_text, split_keys)
 
 log = logging.getLogger("dllm_bench.evaluate")
 
@@ -130,7 +130,7 @@ def _unchanged_entry(path: Path, new: Entry) -> Entry | None:
         old = Entry.load(path)
     except BadInputError:
         return None
-    same = (old.key_digest == new.key_digest and old.entry_id == new.entry_id and old.samples == new.samples
+    same = (old.pair_digest == new.pair_digest and old.entry_id == new.entry_id and old.samples == new.samples
             and old.status.state == new.status.state == "complete")
     return old if same else None
 
@@ -201,14 +201,14 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
         adapter = load_model(str(model), arg_source="--model-arg", **dict(model_args or {}))
     sampler_obj = _build_sampler(sampler, dict(sampler_args or {}), adapter)
     tok = adapter.tokenizer
-    key = ComparabilityKey(task=task_obj.key(tok), samples_per_problem=samples,
-                           sampler=SamplerKey(**sampler_obj.key()), sandbox=_sandbox_key(task_obj))
     minfo = ModelInfo(**adapter.model_info())
+    protocol, system = split_keys(task_obj.key(tok), samples, sampler_obj.key(), _sandbox_key(task_obj), minfo)
     seeds = {"seed": seed, "python": seed, "numpy": seed % 2 ** 32, "torch": seed}
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    _check_run_file(out / RUN_FILE, {"key_digest": key.digest(), "model": minfo.id,
+    _check_run_file(out / RUN_FILE, {"protocol_digest": protocol.digest(), "system_digest": system.digest(),
+                                     "model": minfo.id,
                                      "weights": minfo.weights_sha256 or minfo.config_sha256, "seed": seed})
     items = [(di, doc, si) for di, doc in enumerate(docs) for si in range(samples)]
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
@@ -269,9 +269,8 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
     state = "complete" if n_done == len(items) else ("failed" if n_done == 0 else "partial")
     sha, dirty = git_info()
     samples_path = out / SAMPLES_FILE
-    entry = Entry(
-        entry_id=Entry.make_id(key, minfo, seeds), created_at=Entry.now(), label=label, key=key,
-        key_digest=key.digest(),
+    entry = Entry.create(
+        protocol=protocol, system=system, label=label,
         repro=Repro(model=minfo, seeds=seeds, harness=HarnessInfo(version=__version__, git_sha=sha, git_dirty=dirty),
                     libraries=library_versions(), device=device_string(), platform=platform.platform(),
                     device_info=device_info(), determinism=determinism_report()),
@@ -300,23 +299,23 @@ def print_entry(entry: Entry) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    k = entry.key
-    title = entry.label or f"{entry.repro.model.id} · {k.task.name} · {k.sampler.name}"
+    p, sy = entry.protocol, entry.system
+    title = entry.label or f"{entry.repro.model.id} · {p.task.name} · {sy.sampler.name}"
     head = Table(title=escape(title), show_header=False)
     head.add_column("field")
     head.add_column("value")
-    cfg = k.sampler.config
+    cfg = {**sy.sampler.config, "max_new_tokens": p.generation.max_new_tokens}
     knobs = ", ".join(f"{n}={cfg[n]}" for n in ("block_size", "denoising_steps", "remasking", "confidence_threshold",
                                                  "temperature", "top_k", "top_p", "max_new_tokens", "cache_mode")
                       if n in cfg)
-    m, ds = entry.repro.model, k.task.dataset
+    m, ds = entry.repro.model, p.task.dataset
     head.add_row("model", escape(f"{m.id} ({m.family}, {m.dtype}, {m.num_parameters:,} params)"))
-    head.add_row("task", escape(f"{k.task.name} v{k.task.version} ({ds.n_effective}/{ds.n_original} docs, "
-                                f"{k.samples_per_problem} sample(s) each)"))
-    head.add_row("sampler", escape(f"{k.sampler.name} v{k.sampler.version}: {knobs}"))
+    head.add_row("task", escape(f"{p.task.name} v{p.task.version} ({ds.n_effective}/{ds.n_original} docs, "
+                                f"{p.samples_per_problem} sample(s) each)"))
+    head.add_row("sampler", escape(f"{sy.sampler.name} v{sy.sampler.version}: {knobs}"))
     head.add_row("status", f"{entry.status.state} ({entry.status.n_done}/{entry.status.n_expected} samples"
                            + (f", {entry.status.n_failed} failed" if entry.status.n_failed else "") + ")")
-    head.add_row("key digest", entry.key_digest[:16])
+    head.add_row("protocol / system", f"{entry.protocol_digest[:10]} / {entry.system_digest[:10]}")
     stdout_console.print(head)
     mt = Table(title="metrics")
     for c in ("metric", "value", "stderr", "n"):

@@ -1,9 +1,15 @@
 """Comparing two leaderboard entries, and the regression gate (``dllm-bench gate``).
 
-Two entries are compared only when their comparability keys are equal (task + version,
-dataset sha256, prompt/chat template, scorer + version, samples per problem, the full
-sampler config, sandbox limits); otherwise :class:`~dllm_bench.errors.BadInputError`
-names the differing key fields (exit code 2).
+Two entries are compared (a Δ between two systems) only when their **protocols** are equal
+(:class:`~dllm_bench.schema.ProtocolKey`: task, dataset, prompt template, few-shot, scorer,
+samples per problem, generation budget, sandbox); the gate (the *same* system across
+commits) also requires equal **systems** (:class:`~dllm_bench.schema.SystemKey`: model,
+chat template, sampler and every knob). Otherwise :class:`~dllm_bench.errors.BadInputError`
+says in words which fields differ (exit code 2).
+
+Every entry is **verified** before it is used (:func:`verify_entry`): its per-sample file
+exists, has the recorded sha256 and record count, and every metric recomputed from the
+records with the task's own aggregation equals the stored one.
 
 Difference of a metric between entry ``a`` (the reference / baseline) and entry ``b``
 (the candidate), ``diff = value_b - value_a``, with its standard error:
@@ -60,6 +66,8 @@ class LoadedEntry:
 
     entry: Entry
     path: Path | None = None
+    verified: bool | None = None
+    problems: list[str] = field(default_factory=list)
     _records: list[SampleRecord] | None = field(default=None, repr=False)
     _records_loaded: bool = field(default=False, repr=False)
 
@@ -184,13 +192,130 @@ def per_problem_values(records: Iterable[SampleRecord], metric: str) -> dict[str
 
 
 # ---------------------------------------------------------------------- compare
-def require_comparable(a: LoadedEntry, b: LoadedEntry) -> None:
-    """Raise :class:`BadInputError` naming the differing key fields when keys differ."""
-    fields = a.entry.key.diff(b.entry.key)
-    if fields:
-        shown = ", ".join(fields[:8]) + (f" (+{len(fields) - 8} more)" if len(fields) > 8 else "")
-        raise BadInputError(f"entries are not comparable: {a.name!r} vs {b.name!r} differ in key "
-                            f"field(s) {shown}", path=b.path)
+def require_comparable(a: LoadedEntry, b: LoadedEntry, *, same_system: bool = False) -> None:
+    """Raise :class:`BadInputError` saying in words which fields differ when the protocols
+    differ (or, with ``same_system``, the systems).
+
+    Raises:
+        BadInputError: ``"entries are not comparable: 'A' vs 'B': protocol differs in
+            max new tokens: 8 vs 16; ..."``.
+    """
+    from .schema import describe_differences
+
+    parts = []
+    for side, ka, kb in (("protocol", a.entry.protocol, b.entry.protocol),
+                         ("system", a.entry.system, b.entry.system)):
+        if side == "system" and not same_system:
+            continue
+        words = describe_differences(ka, kb)
+        if words:
+            shown = "; ".join(words[:6]) + (f" (+{len(words) - 6} more)" if len(words) > 6 else "")
+            parts.append(f"{side} differs in {shown}")
+    if parts:
+        raise BadInputError(f"entries are not comparable: {a.name!r} vs {b.name!r}: " + "; ".join(parts),
+                            path=b.path)
+
+
+# ------------------------------------------------------------------------ verify
+def verify_entry(e: LoadedEntry) -> list[str]:
+    """What is wrong with an entry's evidence (empty when it verifies).
+
+    Checks, in order: the per-sample file exists and its sha256 is the recorded one; it
+    holds ``samples.n_records`` records, each (doc, sample index) once, and ``n_records``
+    equals ``status.n_done``; every stored metric (value, stderr, n) equals the one
+    recomputed from the records with the task's own aggregation (the task plugin's
+    ``aggregate``; lm-eval entries: the per-document values each record stores), within
+    1e-9.
+
+    Returns:
+        plain-words problems, e.g. ``["samples.jsonl is missing"]`` or
+        ``["metric accuracy: stored 0.9000, recomputed 0.2050"]``.
+    """
+    sp = e.samples_path
+    if sp is None or not sp.is_file():
+        return [f"per-sample file {e.entry.samples.path} is missing"]
+    try:
+        recs = e.records()
+    except BadInputError as exc:
+        return [str(exc)]
+    assert recs is not None
+    probs = []
+    n = e.entry.samples.n_records
+    if len(recs) != n:
+        probs.append(f"per-sample file has {len(recs)} records, the entry says {n}")
+    if n != e.entry.status.n_done:
+        probs.append(f"entry says {n} records but {e.entry.status.n_done} samples done")
+    keys = [(r.doc_id, r.sample_index) for r in recs]
+    if len(set(keys)) != len(keys):
+        probs.append(f"{len(keys) - len(set(keys))} duplicated (doc, sample) records")
+    if probs:
+        return probs
+    try:
+        recomputed = _recompute_metrics(e.entry, recs)
+    except Exception as exc:  # noqa: BLE001 - a plugin that cannot aggregate: reported, not raised
+        return [f"metrics could not be recomputed: {type(exc).__name__}: {exc}"]
+    for name, m in e.entry.metrics.items():
+        r = recomputed.get(name)
+        if r is None:
+            probs.append(f"metric {name}: stored but not recomputable from the records")
+            continue
+        for fld in ("value", "stderr"):
+            x, y = getattr(m, fld), r.get(fld)
+            if (x is None) != (y is None) or (x is not None and not _close(x, y)):
+                probs.append(f"metric {name}: stored {fld} {_fmt(x)}, recomputed {_fmt(y)}")
+                break
+        else:
+            if m.n != r.get("n"):
+                probs.append(f"metric {name}: stored n {m.n}, recomputed {r.get('n')}")
+    return probs
+
+
+def _close(x: float, y: float) -> bool:
+    if math.isnan(x) and math.isnan(y):
+        return True
+    return abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y))
+
+
+def _recompute_metrics(entry: Entry, recs: list[SampleRecord]) -> dict[str, dict[str, Any]]:
+    from .plugins import Verdict
+
+    task = entry.protocol.task.name
+    if task.startswith("lm-eval:"):
+        out = {}
+        for name in entry.metrics:
+            x = per_problem_values(recs, name)
+            if x:
+                m, se = mean_stderr(list(x.values()))
+                out[name] = {"value": m, "stderr": se, "n": len(x)}
+        return out
+    from . import registry
+
+    by_doc: dict[str, list[SampleRecord]] = {}
+    for r in recs:
+        by_doc.setdefault(r.doc_id, []).append(r)
+    verdicts = {d: [Verdict(r.correct, r.score, r.extracted, r.details) for r in sorted(rs, key=lambda r: r.sample_index)]
+                for d, rs in by_doc.items()}
+    obj = registry.create("tasks", task, {}, source="entry")
+    return obj.aggregate(verdicts) if verdicts else {}
+
+
+def verified(entries: list[LoadedEntry], *, allow_unverified: bool = False,
+             what: str = "entry") -> list[LoadedEntry]:
+    """Verify every entry (:func:`verify_entry`); return them, each with ``verified`` set.
+
+    Raises:
+        BadInputError: one line naming the first entry that fails and what failed (unless
+            ``allow_unverified``: then it is kept, marked ``verified=False``, and logged).
+    """
+    for e in entries:
+        probs = verify_entry(e)
+        e.verified = not probs
+        e.problems = probs
+        if probs and not allow_unverified:
+            raise BadInputError(f"{what} {e.name!r} does not verify: {'; '.join(probs[:3])}", path=e.path)
+        if probs:
+            log.warning("unverified %s %r (%s): %s", what, e.name, e.path, "; ".join(probs[:3]))
+    return entries
 
 
 def compare(entry_a: "Entry | LoadedEntry | str | Path", entry_b: "Entry | LoadedEntry | str | Path",
@@ -211,7 +336,7 @@ def compare(entry_a: "Entry | LoadedEntry | str | Path", entry_b: "Entry | Loade
         ``min(n_a, n_b)`` (stderr); ``stderr`` may be None in paired mode with one problem.
 
     Raises:
-        BadInputError: keys differ (fields named), the metric is missing from an entry, or
+        BadInputError: protocols differ (fields named in words), the metric is missing from an entry, or
             ``mode="paired"`` without per-sample records on both sides.
     """
     if mode not in MODES:
@@ -290,7 +415,7 @@ def metric_check(a: LoadedEntry, b: LoadedEntry, *, metric: str, mode: Mode, max
     se = c["stderr"] or 0.0
     sign = 1.0 if c["higher_is_better"] else -1.0
     bound = sign * c["diff"] + z * se  # optimistic end of the one-sided interval, in "better" units
-    return Check(row=b.name, task=b.entry.key.task.name, check=metric, baseline=c["value_a"],
+    return Check(row=b.name, task=b.entry.task, check=metric, baseline=c["value_a"],
                  candidate=c["value_b"], diff=c["diff"], stderr=c["stderr"], bound=bound,
                  threshold=-max_drop if max_drop else 0.0, mode=c["mode"], n=c["n"], regression=bound < -max_drop, note=c["note"])
 
@@ -304,7 +429,7 @@ def cost_checks(a: LoadedEntry, b: LoadedEntry, *, max_tps_drop: float | None,
     """
     out = []
     ca, cb = a.entry.cost, b.entry.cost
-    common = dict(row=b.name, task=b.entry.key.task.name, stderr=None, mode="ratio", n=None)
+    common = dict(row=b.name, task=b.entry.task, stderr=None, mode="ratio", n=None)
     da, db = a.entry.repro.device, b.entry.repro.device
     if max_tps_drop is not None and da != db:
         out.append(Check(check="tokens/s", baseline=ca.tokens_per_s, candidate=cb.tokens_per_s,
@@ -329,34 +454,34 @@ def cost_checks(a: LoadedEntry, b: LoadedEntry, *, max_tps_drop: float | None,
 
 
 def match_pairs(baseline: list[LoadedEntry], candidate: list[LoadedEntry]) -> list[tuple[LoadedEntry, LoadedEntry]]:
-    """Pair each baseline entry with its candidate by (key digest, row name).
+    """Pair each baseline entry with its candidate by (protocol + system digests, row name).
 
-    A single entry on each side is paired as given (its keys must still be equal).
+    A single entry on each side is paired as given (protocol and system must still be equal).
 
     Raises:
-        BadInputError: a baseline row has no candidate with the same key (when a candidate
-            has the same row name and task but another key, the differing fields are named),
-            or has two candidates.
+        BadInputError: a baseline row has no candidate with the same protocol and system
+            (when a candidate has the same row name and task, the differing fields are named
+            in words), or has two candidates.
     """
     if len(baseline) == 1 and len(candidate) == 1:
-        require_comparable(baseline[0], candidate[0])
+        require_comparable(baseline[0], candidate[0], same_system=True)
         return [(baseline[0], candidate[0])]
     pairs = []
     used: set[int] = set()
     for b in baseline:
-        digest = b.entry.key.digest()
-        same = [c for c in candidate if c.name == b.name and c.entry.key.digest() == digest]
+        digest = b.entry.pair_digest
+        same = [c for c in candidate if c.name == b.name and c.entry.pair_digest == digest]
         if len(same) > 1:
-            raise BadInputError(f"two candidate entries match baseline {b.name!r} ({b.entry.key.task.name}): "
+            raise BadInputError(f"two candidate entries match baseline {b.name!r} ({b.entry.task}): "
                                 f"{', '.join(str(c.path) for c in same)}")
         if same:
             pairs.append((b, same[0]))
             used.add(id(same[0]))
             continue
-        near = [c for c in candidate if c.name == b.name and c.entry.key.task.name == b.entry.key.task.name]
+        near = [c for c in candidate if c.name == b.name and c.entry.task == b.entry.task]
         if near:
-            require_comparable(b, near[0])
-        raise BadInputError(f"no candidate entry for baseline row {b.name!r} (task {b.entry.key.task.name})",
+            require_comparable(b, near[0], same_system=True)
+        raise BadInputError(f"no candidate entry for baseline row {b.name!r} (task {b.entry.task})",
                             path=b.path)
     for c in candidate:
         if id(c) not in used:
@@ -381,17 +506,20 @@ def gate(baseline: str | Path | list[LoadedEntry], candidate: str | Path | list[
 
     A candidate whose status is not ``complete`` fails the gate (a ``status`` check).
 
+    Every entry on both sides is verified first (:func:`verify_entry`); the gate never
+    trusts a stored metric its per-sample records do not reproduce.
+
     Raises:
-        BadInputError: incomparable keys, unmatched rows, a missing metric, a baseline that
-            is not complete, bad options.
+        BadInputError: an entry that does not verify, different protocol or system, unmatched
+            rows, a missing metric, a baseline that is not complete, bad options.
     """
     if z < 0 or max_drop < 0:
         raise BadInputError("--z and --max-drop must be >= 0")
     for name, v in (("--max-tps-drop", max_tps_drop), ("--max-nfe-increase", max_nfe_increase)):
         if v is not None and v < 0:
             raise BadInputError(f"{name} must be >= 0")
-    base = baseline if isinstance(baseline, list) else load_entries(baseline)
-    cand = candidate if isinstance(candidate, list) else load_entries(candidate)
+    base = verified(baseline if isinstance(baseline, list) else load_entries(baseline), what="baseline entry")
+    cand = verified(candidate if isinstance(candidate, list) else load_entries(candidate), what="candidate entry")
     checks: list[Check] = []
     for a, b in match_pairs(base, cand):
         if a.entry.status.state != "complete":
@@ -399,7 +527,7 @@ def gate(baseline: str | Path | list[LoadedEntry], candidate: str | Path | list[
                                 path=a.path)
         if b.entry.status.state != "complete":
             st = b.entry.status
-            checks.append(Check(row=b.name, task=b.entry.key.task.name, check="status", baseline=1.0,
+            checks.append(Check(row=b.name, task=b.entry.task, check="status", baseline=1.0,
                                 candidate=st.n_done / max(st.n_expected, 1), diff=math.nan, stderr=None,
                                 bound=math.nan, threshold=1.0, mode="status", n=st.n_done, regression=True,
                                 note=f"candidate is {st.state} ({st.n_done}/{st.n_expected} done, "

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .gate import LoadedEntry, compare, load_entries, results_console
-from .schema import ComparabilityKey
+from .schema import ProtocolKey, get_path
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Group:
     """
 
     index: int
-    key: ComparabilityKey
+    key: ProtocolKey
     rows: list[LoadedEntry]
     differs: dict[str, Any]
     primary: str
@@ -81,7 +81,7 @@ class Group:
     @property
     def heading(self) -> str:
         t = self.key.task
-        base = f"{t.name} v{t.version} · {self.key.sampler.name} · key {self.digest[:10]}"
+        base = f"{t.name} v{t.version} · protocol {self.digest[:10]}"
         if not self.differs:
             return base
         return base + " — differs in: " + ", ".join(f"{k}={_short(v)}" for k, v in self.differs.items())
@@ -92,21 +92,13 @@ def _short(v: Any) -> str:
     return s if len(s) <= 24 else s[:21] + "..."
 
 
-def _get(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict):
-            return None
-        d = d.get(part)
-    return d
-
-
 def group_entries(entries: Sequence[LoadedEntry]) -> list[Group]:
     """Group by comparability key; groups ordered by task, sampler, then key digest."""
     by: dict[str, list[LoadedEntry]] = {}
     for e in entries:
-        by.setdefault(e.entry.key.digest(), []).append(e)
-    keys = {d: rows[0].entry.key for d, rows in by.items()}
-    order = sorted(by, key=lambda d: (keys[d].task.name, keys[d].sampler.name, d))
+        by.setdefault(e.entry.protocol_digest, []).append(e)
+    keys = {d: rows[0].entry.protocol for d, rows in by.items()}
+    order = sorted(by, key=lambda d: (keys[d].task.name, d))
     groups = []
     for i, d in enumerate(order, start=1):
         fields: list[str] = []
@@ -114,7 +106,7 @@ def group_entries(entries: Sequence[LoadedEntry]) -> list[Group]:
             if other != d and keys[other].task.name == keys[d].task.name:
                 fields += [f for f in keys[d].diff(keys[other]) if f not in fields]
         dump = keys[d].model_dump(mode="json")
-        differs = {f: _get(dump, f) for f in sorted(fields)}
+        differs = {f: get_path(dump, f) for f in sorted(fields)}
         rows = by[d]
         metrics = _metric_order(rows)
         primary = metrics[0] if metrics else "accuracy"
@@ -157,13 +149,13 @@ def _reference_of(e: LoadedEntry, reference: str | None, group: Group) -> Loaded
 def row_data(e: LoadedEntry, group: Group, reference: str | None = None) -> dict[str, Any]:
     """Raw (unformatted) values of one row; the JSON output is a list of these."""
     en = e.entry
-    cfg = en.key.sampler.config
+    cfg = {**en.system.sampler.config, "max_new_tokens": en.protocol.generation.max_new_tokens}
     st = en.status
     model = en.repro.model
     out: dict[str, Any] = {
         "label": e.name, "model": model.id, "family": model.family,
         "ar_baseline": bool(model.is_baseline or model.family == "ar"),
-        "sampler": en.key.sampler.name,
+        "sampler": en.system.sampler.name,
         "settings": {col: next((cfg[k] for k in keys if k in cfg), None) for col, keys in SETTINGS.items()},
         "sampler_config": cfg,
         "metrics": {m: en.metrics[m].model_dump(mode="json") for m in group.metrics if m in en.metrics},

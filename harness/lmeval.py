@@ -452,8 +452,8 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     from . import __version__
     from .envinfo import device_string, git_info, library_versions
     from .results import SampleStore
-    from .schema import (ComparabilityKey, Cost, DatasetKey, Entry, HarnessInfo, Metric, ModelInfo, PromptKey, Repro,
-                         SampleRecord, SamplerKey, SamplesRef, ScorerKey, Status, TaskKey, sha256_file)
+    from .schema import (Cost, DatasetKey, Entry, HarnessInfo, Metric, ModelInfo, PromptKey, Repro, SampleRecord,
+                         SamplerKey, SamplesRef, ScorerKey, Status, TaskKey, sha256_file, split_keys)
 
     name = task.split(":", 1)[1] if task.startswith("lm-eval:") else task
     targs = dict(task_args or {})
@@ -578,27 +578,25 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     scorer_cfg = {k: cfg.get(k) for k in ("metric_list", "filter_list")}
     chat = bool(targs.get("apply_chat_template", False))
     tmpl = lm.chat_template() if chat else None
-    key = ComparabilityKey(
-        task=TaskKey(name=f"lm-eval:{name}", version=str(results.get("versions", {}).get(name)),
-                     dataset=DatasetKey(source=f"lm-eval:{cfg.get('dataset_path') or 'custom_dataset'}",
-                                        split=str(cfg.get("test_split") or cfg.get("validation_split")),
-                                        sha256=docs_sha, n_original=n_orig or n_docs, n_effective=n_eff),
-                     prompt=PromptKey(template_sha256=sha256_text(canonical_json(prompt_cfg)),
-                                      chat_template_sha256=sha256_text(tmpl) if tmpl else None,
-                                      num_fewshot=n_shot, fewshot_seed=fewshot_seed if n_shot else None),
-                     scorer=ScorerKey(name="lm-eval", version=f"{lm_eval.__version__}+"
-                                                              f"{sha256_text(canonical_json(scorer_cfg))[:12]}"),
-                     notes=f"lm-eval task {name}; metrics named <metric>,<filter>"),
-        samples_per_problem=repeats,
-        sampler=SamplerKey(name=sampler, version=str(getattr(lm.sampler_cls, "version", "?")), config=s_cfg))
+    task_key = TaskKey(name=f"lm-eval:{name}", version=str(results.get("versions", {}).get(name)),
+                   dataset=DatasetKey(source=f"lm-eval:{cfg.get('dataset_path') or 'custom_dataset'}",
+                                      split=str(cfg.get("test_split") or cfg.get("validation_split")),
+                                      sha256=docs_sha, n_original=n_orig or n_docs, n_effective=n_eff),
+                   prompt=PromptKey(template_sha256=sha256_text(canonical_json(prompt_cfg)),
+                                    chat_template_sha256=sha256_text(tmpl) if tmpl else None,
+                                    num_fewshot=n_shot, fewshot_seed=fewshot_seed if n_shot else None),
+                   scorer=ScorerKey(name="lm-eval", version=f"{lm_eval.__version__}+"
+                                                            f"{sha256_text(canonical_json(scorer_cfg))[:12]}"),
+                   notes=f"lm-eval task {name}; metrics named <metric>,<filter>")
     info = lm.adapter.model_info()
     mi = ModelInfo(**info)
+    protocol, system = split_keys(task_key, repeats, SamplerKey(name=sampler, version=str(getattr(
+        lm.sampler_cls, "version", "?")), config=s_cfg), None, mi)
     seeds = {"python": seed, "numpy": seed, "torch": seed, "sampler": seed, "fewshot": fewshot_seed}
     sha, dirty = git_info()
     n_rec = sum(len(d["sample"].get("resps", [[]])[0]) for d in per_doc.values())
-    entry = Entry(
-        entry_id=Entry.make_id(key, mi, seeds), created_at=Entry.now(), label=label, key=key,
-        key_digest=key.digest(),
+    entry = Entry.create(
+        protocol=protocol, system=system, label=label,
         repro=Repro(model=mi, seeds=seeds, harness=HarnessInfo(version=__version__, git_sha=sha, git_dirty=dirty),
                     libraries=library_versions(), device=device_string(), platform=platform.platform()),
         metrics=metrics,

@@ -1,14 +1,38 @@
-"""The leaderboard entry: one model x task x sampler evaluation (pydantic v2, schema "1").
+"""The leaderboard entry: one model x task x sampler evaluation (pydantic v2, schema "2").
 
-An entry has four parts:
+An entry has five parts:
 
-* ``key`` — the **comparability key**: two entries are ranked against each other only
-  when their keys are equal (task + version, dataset sha256, prompt/chat template sha256,
-  scorer + version, samples per problem, the full sampler config, sandbox + limits).
-* ``repro`` — what is needed to reproduce it (model weights sha256, dtype, seeds,
+* ``protocol`` — **what must be equal for two systems to be ranked on a task**
+  (:class:`ProtocolKey`): task + version, dataset (source, split, sha256, documents
+  evaluated), prompt template sha256, few-shot count and seed, scorer + version, samples per
+  problem, the generation budget (max new tokens, stop strings) and the sandbox + limits.
+* ``system`` — **what is being ranked** (:class:`SystemKey`): the model (id, weights sha256,
+  dtype; for a model trained here, its base model and trainer chain), the chat template
+  sha256, and the sampler name with every knob (block size, denoising steps, remasking,
+  confidence threshold, temperature, top-k/p, cache mode, attention backend, block
+  alignment).
+* ``repro`` — what is needed to reproduce it (weights sha256 of what was evaluated, seeds,
   harness version + git sha + dirty flag, library versions, device).
 * ``metrics`` / ``cost`` / ``status`` — results, each metric with stderr and n.
 * ``samples`` — the path + sha256 of the per-sample JSONL (:class:`SampleRecord` lines).
+
+Which side a field is on, and why (the rule: a field is protocol when changing it changes
+the *question* — what a correct answer is, how much room an answer gets, how it is judged —
+and system when it changes *who answers*):
+
+* the **generation budget** is protocol: a longer budget lets any system write longer
+  reasoning and so changes the attainable score; systems ranked under different budgets
+  answered different questions. Samples per problem is protocol for the same reason (it
+  changes what mean@k / pass@k estimate).
+* the **chat template** is system: it is part of the model's packaging (two checkpoints of
+  one task differ in it), while the task's own prompt template is protocol.
+* every **sampler knob** is system (including temperature: it is how the system decodes,
+  and an AR baseline at T=0 and a dLLM at T=1 still answer the same question).
+
+Ranking happens only within one protocol; ``gate`` (the same system across commits)
+requires both digests equal and names the differing fields in words
+(:func:`describe_differences`). Version-1 entries (one ``key``) are read and upgraded on
+load (:func:`upgrade_entry_dict`); ``dllm-bench leaderboard migrate`` rewrites them.
 
 ``leaderboards/schema/entry.schema.json`` is generated from :class:`Entry` by
 ``dllm-bench schema`` (a test checks it is current).
@@ -22,11 +46,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_serializer
+from pydantic import Field, model_serializer, model_validator
 
 from .plugins import StrictModel
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+READABLE_SCHEMA_VERSIONS = ("1", "2")
+
+# Sampler config fields that are the generation budget (protocol side, see the module docstring).
+GENERATION_FIELDS = ("max_new_tokens", "stop")
 
 
 def canonical_json(obj: Any) -> str:
@@ -78,6 +106,9 @@ class ScorerKey(StrictModel):
 
 
 class TaskKey(StrictModel):
+    """What a task plugin reports about itself (``Task.key(tokenizer)``); :func:`split_keys`
+    puts the chat template on the system side and the rest in the protocol."""
+
     name: str
     version: str
     dataset: DatasetKey
@@ -90,7 +121,8 @@ class SamplerKey(StrictModel):
     name: str
     version: str
     config: dict[str, Any] = Field(description="Every sampler knob: block size, denoising steps, remasking, "
-                                   "threshold, temperature, top-k, top-p, max new tokens, cache mode, attention backend")
+                                   "threshold, temperature, top-k, top-p, cache mode, attention backend, block "
+                                   "alignment (the generation budget is in the protocol)")
 
 
 class SandboxKey(StrictModel):
@@ -100,19 +132,74 @@ class SandboxKey(StrictModel):
     limits: dict[str, Any] = Field(description="Wall/CPU time (s), memory (MiB), processes, file size, output bytes")
 
 
-class ComparabilityKey(StrictModel):
-    task: TaskKey
-    samples_per_problem: int = Field(ge=1, description="Samples drawn per problem (k of mean@k)")
-    sampler: SamplerKey
-    sandbox: SandboxKey | None = Field(None, description="Code tasks only")
-
+# ------------------------------------------------------------------ protocol / system
+class _Key(StrictModel):
     def digest(self) -> str:
-        """sha256 of the canonical JSON of the key, with ``n_effective`` included."""
+        """sha256 of the canonical JSON of the key (hex)."""
         return sha256_text(canonical_json(self.model_dump(mode="json")))
 
-    def diff(self, other: "ComparabilityKey") -> list[str]:
-        """Dotted paths of the fields whose values differ between two keys."""
+    def diff(self, other: "_Key") -> list[str]:
+        """Dotted paths of the fields whose values differ between two keys of one kind."""
         return _diff(self.model_dump(mode="json"), other.model_dump(mode="json"), "")
+
+
+class PromptProtocol(StrictModel):
+    template_sha256: str = Field(description="sha256 of the task's prompt template text")
+    num_fewshot: int = Field(0, description="Few-shot examples in the prompt")
+    fewshot_seed: int | None = Field(None, description="Seed that chose the few-shot examples (lm-eval tasks with "
+                                                       "num_fewshot > 0); omitted when none")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_fewshot_seed(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("fewshot_seed") is None:
+            data.pop("fewshot_seed", None)
+        return data
+
+
+class TaskProtocol(StrictModel):
+    name: str
+    version: str
+    dataset: DatasetKey
+    prompt: PromptProtocol
+    scorer: ScorerKey
+    notes: str | None = Field(None, description="Comparability notes, e.g. 'public tests only'")
+
+
+class GenerationBudget(StrictModel):
+    max_new_tokens: int | None = Field(description="Most tokens a sample may generate (null: the sampler's own cap)")
+    stop: list[str] = Field(default_factory=list, description="Stop strings that end a sample")
+
+
+class ProtocolKey(_Key):
+    """What must be equal for two systems to be ranked on a task (see the module docstring)."""
+
+    task: TaskProtocol
+    samples_per_problem: int = Field(ge=1, description="Samples drawn per problem (k of mean@k)")
+    generation: GenerationBudget
+    sandbox: SandboxKey | None = Field(None, description="Code tasks only")
+
+
+class SystemModel(StrictModel):
+    id: str = Field(description="Hub id, local path or built-in spec of the evaluated checkpoint; for a model "
+                    "trained here, '<base model>+<trainer>+...' (its path is in repro.model.id)")
+    family: Literal["block-diffusion", "full-diffusion", "ar"]
+    dtype: str
+    weights_sha256: str | None = Field(None, description="sha256 over the weight files of a released or local "
+                                       "checkpoint; null for a model trained here (then see trainers)")
+    config_sha256: str | None = Field(None, description="sha256 of the config of a model built from a config")
+    trainers: list[str] = Field(default_factory=list, description="Trainer chain of a model trained here, base "
+                                "first, as '<trainer>@<version>'; its weights sha256 is in repro, so a retrained "
+                                "model is the same system to `gate`")
+
+
+class SystemKey(_Key):
+    """What is being ranked: model, chat template, sampler with every knob."""
+
+    model: SystemModel
+    chat_template_sha256: str | None = Field(description="sha256 of the tokenizer chat template; null when none is "
+                                             "used")
+    sampler: SamplerKey
 
 
 def _diff(a: Any, b: Any, prefix: str) -> list[str]:
@@ -122,6 +209,114 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
             out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
         return out
     return [] if a == b else [prefix or "(root)"]
+
+
+# Plain words for key fields (dotted path -> name); unknown paths fall back to the last parts.
+FIELD_WORDS: dict[str, str] = {
+    "task.name": "task", "task.version": "task version", "task.dataset.source": "dataset source",
+    "task.dataset.split": "dataset split", "task.dataset.sha256": "dataset file (sha256)",
+    "task.dataset.n_original": "documents in the dataset", "task.dataset.n_effective": "documents evaluated",
+    "task.prompt.template_sha256": "prompt template (sha256)", "task.prompt.num_fewshot": "few-shot examples",
+    "task.prompt.fewshot_seed": "few-shot seed", "task.scorer.name": "scorer", "task.scorer.version": "scorer version",
+    "task.notes": "task notes", "samples_per_problem": "samples per problem",
+    "generation.max_new_tokens": "max new tokens", "generation.stop": "stop strings",
+    "sandbox.name": "sandbox", "sandbox.version": "sandbox version", "sandbox.isolation": "sandbox isolation",
+    "model.id": "model", "model.family": "model family", "model.dtype": "dtype",
+    "model.weights_sha256": "model weights (sha256)", "model.config_sha256": "model config (sha256)",
+    "model.trainers": "trainer chain", "chat_template_sha256": "chat template (sha256)",
+    "sampler.name": "sampler", "sampler.version": "sampler version",
+}
+
+
+def field_words(path: str) -> str:
+    """Plain words for a dotted key field, e.g. ``sampler.config.confidence_threshold`` ->
+    ``confidence threshold``, ``generation.max_new_tokens`` -> ``max new tokens``."""
+    if path in FIELD_WORDS:
+        return FIELD_WORDS[path]
+    for prefix in ("sampler.config.", "sandbox.limits."):
+        if path.startswith(prefix):
+            rest = path[len(prefix):].replace("_", " ")
+            return rest if prefix == "sampler.config." else f"sandbox limit {rest}"
+    return path.replace("_", " ")
+
+
+def _value_words(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+        return v[:10]
+    s = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def describe_differences(a: _Key, b: _Key, *, names: tuple[str, str] | None = None) -> list[str]:
+    """The fields in which two keys of one kind differ, in words: ``"max new tokens: 8 vs 16"``
+    (with ``names``: ``"max new tokens: 8 (A) vs 16 (B)"``); named fields (task, model,
+    sampler, ...) first, then sampler knobs alphabetically. Empty when the keys are equal."""
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    order = list(FIELD_WORDS)
+    out = []
+    for path in sorted(a.diff(b), key=lambda f: (order.index(f) if f in order else len(order), f)):
+        va, vb = get_path(da, path), get_path(db, path)
+        if names:
+            out.append(f"{field_words(path)}: {_value_words(va)} ({names[0]}) vs {_value_words(vb)} ({names[1]})")
+        else:
+            out.append(f"{field_words(path)}: {_value_words(va)} vs {_value_words(vb)}")
+    return out
+
+
+def get_path(d: Any, dotted: str) -> Any:
+    """``d['a']['b']`` for ``'a.b'``; None where a part is missing."""
+    for part in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def system_model(model: "ModelInfo") -> SystemModel:
+    """The system-side identity of an evaluated model (:class:`SystemModel`).
+
+    A model trained here (``model.training`` set) is named by its base model and trainer
+    chain, walking ``training.parent`` to the first base (``tiny-block-dlm+sft+tracerl``);
+    its weights sha256 stays in ``repro`` so the same recipe retrained on another commit is
+    the same system. Any other model is its id, weights sha256 and config sha256.
+    """
+    if not model.training:
+        return SystemModel(id=model.id, family=model.family, dtype=model.dtype,
+                           weights_sha256=model.weights_sha256, config_sha256=model.config_sha256)
+    chain: list[str] = []
+    node: dict[str, Any] | None = model.training
+    base = model.id
+    while isinstance(node, dict):
+        chain.append(f"{node.get('trainer', '?')}@{node.get('trainer_version', '?')}")
+        base = str(node.get("base_model", base))
+        node = node.get("parent")
+    chain.reverse()
+    name = "+".join([base, *(c.split("@")[0] for c in chain)])
+    return SystemModel(id=name, family=model.family, dtype=model.dtype, trainers=chain)
+
+
+def split_keys(task: TaskKey | dict[str, Any], samples_per_problem: int, sampler: SamplerKey | dict[str, Any],
+               sandbox: SandboxKey | dict[str, Any] | None, model: "ModelInfo") -> tuple[ProtocolKey, SystemKey]:
+    """The protocol and system keys of one evaluation, from what the task, sampler, sandbox
+    and model report: the chat template goes to the system, the generation budget
+    (:data:`GENERATION_FIELDS` of the sampler config) to the protocol.
+
+    Raises:
+        pydantic.ValidationError: a part does not have its documented fields.
+    """
+    t = task if isinstance(task, TaskKey) else TaskKey.model_validate(task)
+    s = sampler if isinstance(sampler, SamplerKey) else SamplerKey.model_validate(sampler)
+    cfg = dict(s.config)
+    budget = GenerationBudget(max_new_tokens=cfg.pop("max_new_tokens", None), stop=list(cfg.pop("stop", None) or []))
+    td = t.model_dump(mode="json")
+    chat = td["prompt"].pop("chat_template_sha256", None)
+    protocol = ProtocolKey(task=TaskProtocol.model_validate(td), samples_per_problem=samples_per_problem,
+                           generation=budget, sandbox=sandbox)
+    system = SystemKey(model=system_model(model), chat_template_sha256=chat,
+                       sampler=SamplerKey(name=s.name, version=s.version, config=cfg))
+    return protocol, system
 
 
 # -------------------------------------------------------------------- reproducibility
@@ -197,23 +392,81 @@ class SamplesRef(StrictModel):
     n_records: int
 
 
+def upgrade_entry_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """An entry dict of any readable schema version as schema :data:`SCHEMA_VERSION`.
+
+    Version 1 held one comparability ``key`` (task, samples per problem, sampler, sandbox)
+    with the model only in ``repro``: it is split by :func:`split_keys` (chat template to
+    the system, max new tokens and stop strings to the protocol, the model from
+    ``repro.model``); ``entry_id`` is kept. Other versions are returned unchanged (the model
+    then reports what is wrong).
+
+    Raises:
+        pydantic.ValidationError / KeyError / TypeError: a version-1 entry without a valid
+            ``key`` or ``repro.model``.
+    """
+    if data.get("schema_version") != "1" or "key" not in data:
+        return data
+    out = {k: v for k, v in data.items() if k not in ("key", "key_digest")}
+    key = data["key"]
+    protocol, system = split_keys(key["task"], key["samples_per_problem"], key["sampler"], key.get("sandbox"),
+                                  ModelInfo.model_validate(data["repro"]["model"]))
+    out.update(schema_version=SCHEMA_VERSION, protocol=protocol.model_dump(mode="json"),
+               protocol_digest=protocol.digest(), system=system.model_dump(mode="json"),
+               system_digest=system.digest())
+    return out
+
+
 class Entry(StrictModel):
-    schema_version: Literal["1"] = SCHEMA_VERSION
-    entry_id: str = Field(description="sha256 prefix of key digest + model + seeds")
+    schema_version: Literal["2"] = SCHEMA_VERSION
+    entry_id: str = Field(description="sha256 prefix of protocol + system digests + model + seeds")
     created_at: str
     label: str | None = Field(None, description="Row label shown in tables, e.g. 'tiny-block-dlm (TraceRL)'")
-    key: ComparabilityKey
-    key_digest: str
+    protocol: ProtocolKey
+    protocol_digest: str
+    system: SystemKey
+    system_digest: str
     repro: Repro
     metrics: dict[str, Metric]
     cost: Cost
     status: Status
     samples: SamplesRef
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_older_schemas(cls, data: Any) -> Any:
+        return upgrade_entry_dict(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _digests_match(self) -> "Entry":
+        if self.protocol_digest != self.protocol.digest() or self.system_digest != self.system.digest():
+            raise ValueError("protocol_digest / system_digest do not match the keys (the entry was edited)")
+        return self
+
+    @classmethod
+    def create(cls, *, protocol: ProtocolKey, system: SystemKey, repro: Repro, label: str | None,
+               metrics: dict[str, Metric], cost: Cost, status: Status, samples: SamplesRef) -> "Entry":
+        """A new entry with its digests, id and creation time filled in."""
+        return cls(entry_id=cls.make_id(protocol, system, repro.model, repro.seeds), created_at=cls.now(),
+                   label=label, protocol=protocol, protocol_digest=protocol.digest(), system=system,
+                   system_digest=system.digest(), repro=repro, metrics=metrics, cost=cost, status=status,
+                   samples=samples)
+
     @staticmethod
-    def make_id(key: ComparabilityKey, model: ModelInfo, seeds: dict[str, int]) -> str:
-        blob = canonical_json({"key": key.digest(), "model": model.model_dump(mode="json"), "seeds": seeds})
+    def make_id(protocol: ProtocolKey, system: SystemKey, model: ModelInfo, seeds: dict[str, int]) -> str:
+        blob = canonical_json({"protocol": protocol.digest(), "system": system.digest(),
+                               "model": model.model_dump(mode="json"), "seeds": seeds})
         return sha256_text(blob)[:16]
+
+    @property
+    def task(self) -> str:
+        """The task name (``protocol.task.name``)."""
+        return self.protocol.task.name
+
+    @property
+    def pair_digest(self) -> str:
+        """sha256 over both digests: equal iff protocol and system are both equal."""
+        return sha256_text(self.protocol_digest + self.system_digest)
 
     @staticmethod
     def now() -> str:

@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 from dllm_bench.metrics import standard_metrics
-from dllm_bench.schema import (ComparabilityKey, Cost, DatasetKey, Entry, HarnessInfo, Metric, ModelInfo,
-                               PromptKey, Repro, SampleRecord, SamplerKey, SamplesRef, ScorerKey, Status,
-                               TaskKey, canonical_json, sha256_file, sha256_text)
+from dllm_bench.schema import (Cost, DatasetKey, Entry, HarnessInfo, Metric, ModelInfo, PromptKey, Repro,
+                               SampleRecord, SamplerKey, SamplesRef, ScorerKey, Status, TaskKey, canonical_json,
+                               sha256_file, sha256_text, split_keys)
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "fixtures" / "entries"
@@ -46,8 +46,9 @@ def gsm8k_docs(n: int = N_DOCS) -> list[dict]:
             for i, r in enumerate(rows)]
 
 
-def _key(task: str, sampler: str, config: dict, k: int = 1, n: int = N_DOCS) -> ComparabilityKey:
-    return ComparabilityKey(
+def _key(task: str, sampler: str, config: dict, k: int = 1, n: int = N_DOCS) -> dict:
+    """The parts :func:`dllm_bench.schema.split_keys` turns into protocol + system."""
+    return dict(
         task=TaskKey(name=task, version="1",
                      dataset=DatasetKey(source="packaged", split="test", sha256=sha256_file(GSM8K),
                                         n_original=1319, n_effective=n),
@@ -80,23 +81,25 @@ def _records(docs: list[dict], correct: list[list[bool]], nfe_per_sample: int) -
     return recs
 
 
-def _entry(out: Path, key: ComparabilityKey, label: str, family: str, recs: list[SampleRecord], *,
+def _entry(out: Path, key: dict, label: str, family: str, recs: list[SampleRecord], *,
            wall_s: float, ks=(1,), baseline: bool = False, training: dict | None = None) -> Path:
     model = ModelInfo(id=label.split(" (")[0], family=family, config_sha256=sha256_text(label.split(" (")[0]),
                       dtype="float32", num_parameters=1_234_567, tokenizer="gpt2-bpe-fixture", is_baseline=baseline,
                       training=training)
     seeds = {"python": 0, "numpy": 0, "torch": 0, "sampler": 0 if "seed 1" not in label else 1}
-    entry_id = Entry.make_id(key, model, seeds)
+    protocol, system = split_keys(key["task"], key["samples_per_problem"], key["sampler"], None, model)
+    entry_id = Entry.make_id(protocol, system, model, seeds)
     per_problem: dict[str, list] = {}
     for r in recs:
         per_problem.setdefault(r.doc_id, []).append((r.extracted, r.correct))
     metrics = {name: Metric(**m) for name, m in standard_metrics(per_problem, ks).items()}
-    samples = out / key.task.name / "samples" / f"{entry_id}.jsonl"
+    samples = out / protocol.task.name / "samples" / f"{entry_id}.jsonl"
     samples.parent.mkdir(parents=True, exist_ok=True)
     samples.write_text("".join(r.model_dump_json() + "\n" for r in recs))
     nfe = int(sum(r.cost["nfe"] for r in recs))
     tokens = int(sum(r.cost["generated_tokens"] for r in recs))
-    entry = Entry(entry_id=entry_id, created_at=CREATED, label=label, key=key, key_digest=key.digest(),
+    entry = Entry(entry_id=entry_id, created_at=CREATED, label=label, protocol=protocol,
+                  protocol_digest=protocol.digest(), system=system, system_digest=system.digest(),
                   repro=Repro(model=model, seeds=seeds,
                               harness=HarnessInfo(version="0.1.0", git_sha="0" * 40, git_dirty=False),
                               libraries={"torch": "2.13.0", "transformers": "fixture"}, device="cpu",
@@ -107,7 +110,7 @@ def _entry(out: Path, key: ComparabilityKey, label: str, family: str, recs: list
                   status=Status(state="complete", n_expected=len(recs), n_done=len(recs)),
                   samples=SamplesRef(path=f"samples/{entry_id}.jsonl", sha256=sha256_file(samples),
                                      n_records=len(recs)))
-    path = out / key.task.name / f"{entry_id}.json"
+    path = out / protocol.task.name / f"{entry_id}.json"
     entry.write(path)
     return path
 

@@ -33,8 +33,9 @@ def test_eval_writes_entry_and_records(tmp_path, capsys):
                      sampler_args={"max_new_tokens": 8, "temperature": 0.7}, limit=3, samples=2, batch_size=4,
                      seed=1, output=out, record_trajectory=True, label="tiny (test)")
     assert entry.status.state == "complete" and entry.status.n_expected == entry.status.n_done == 6
-    assert entry.key.sampler.name == "block-dynamic" and entry.key.sampler.config["block_size"] == 4  # resolved
-    assert entry.key.samples_per_problem == 2 and entry.key.task.dataset.n_effective == 3
+    assert entry.system.sampler.name == "block-dynamic" and entry.system.sampler.config["block_size"] == 4  # resolved
+    assert entry.protocol.samples_per_problem == 2 and entry.protocol.task.dataset.n_effective == 3
+    assert entry.protocol.generation.max_new_tokens == 8 and "max_new_tokens" not in entry.system.sampler.config
     assert entry.repro.model.family == "block-diffusion" and entry.repro.model.config_sha256
     assert set(entry.metrics) >= {"accuracy", "pass@1", "pass@2"} and entry.metrics["accuracy"].n == 3
     recs = _records(out / "samples.jsonl")
@@ -55,14 +56,14 @@ def test_eval_other_families_and_saved_checkpoints(tmp_path):
     e = run_eval(model="tiny-full-dlm", task=TASK, sampler="full-diffusion",
                  sampler_args={"max_new_tokens": 8, "block_size": 4, "cache_mode": "dual"}, limit=2,
                  output=tmp_path / "full")
-    assert e.status.state == "complete" and e.key.sampler.config["cache_mode"] == "dual"
+    assert e.status.state == "complete" and e.system.sampler.config["cache_mode"] == "dual"
     e = run_eval(model="tiny-ar", task=TASK, sampler="ar", sampler_args={"max_new_tokens": 4}, limit=2,
                  output=tmp_path / "ar")
     assert e.repro.model.is_baseline and e.cost.nfe == e.cost.generated_tokens
     ckpt = load_model("tiny-block-dlm", dtype="float32", block_size=8).save(tmp_path / "ckpt", training={"trainer": "sft"})
     e = run_eval(model=str(ckpt), task=TASK, sampler="block-static", sampler_args={"max_new_tokens": 8}, limit=2,
                  output=tmp_path / "ckpt-eval")
-    assert e.key.sampler.config["block_size"] == 8 and e.repro.model.weights_sha256
+    assert e.system.sampler.config["block_size"] == 8 and e.repro.model.weights_sha256
     assert e.repro.model.training == {"trainer": "sft"}
 
 
@@ -71,7 +72,7 @@ def test_rerun_with_a_different_config_is_bad_input(tmp_path):
     run_eval(sampler_args={"max_new_tokens": 4}, **kw)
     again = run_eval(sampler_args={"max_new_tokens": 4}, **kw)  # same run: resumes, nothing to do
     assert again.status.n_done == 2
-    with pytest.raises(BadInputError, match="different key_digest"):
+    with pytest.raises(BadInputError, match="different protocol_digest"):
         run_eval(sampler_args={"max_new_tokens": 8}, **kw)
 
 
@@ -111,7 +112,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     got = {key(r): (r.completion, r.seed, r.correct, r.cost["nfe"]) for r in _records(samples)}
     want = {key(r): (r.completion, r.seed, r.correct, r.cost["nfe"]) for r in _records(tmp_path / "ref" / "samples.jsonl")}
     assert got == want
-    assert resumed.metrics == ref.metrics and resumed.key_digest == ref.key_digest
+    assert resumed.metrics == ref.metrics and resumed.pair_digest == ref.pair_digest
     assert resumed.status.state == "complete" and resumed.cost.nfe == ref.cost.nfe
 
 

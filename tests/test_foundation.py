@@ -14,7 +14,8 @@ from dllm_bench.cli import app
 from dllm_bench.errors import BadInputError
 from dllm_bench.metrics import mean_stderr, pass_at_k, standard_metrics
 from dllm_bench.results import SampleStore
-from dllm_bench.schema import ComparabilityKey, SampleRecord, schemas
+from dllm_bench.schema import (Entry, ModelInfo, ProtocolKey, SampleRecord, describe_differences, schemas,
+                               split_keys)
 
 from .conftest import REPO
 
@@ -58,22 +59,56 @@ def test_schema_unknown_name_exit_2():
     assert r.exit_code == 2 and "unknown schema" in r.output
 
 
-def test_key_diff_names_fields():
-    base = {"task": {"name": "t", "version": "1", "dataset": {"source": "packaged", "split": "test", "sha256": "a",
-                                                                 "n_original": 3, "n_effective": 3},
-                     "prompt": {"template_sha256": "p", "chat_template_sha256": None},
-                     "scorer": {"name": "math-verify", "version": "0.9.0"}},
-            "samples_per_problem": 1, "sampler": {"name": "block-static", "version": "1",
-                                                  "config": {"block_size": 4, "threshold": 0.9}}}
-    a = ComparabilityKey.model_validate(base)
-    other = json.loads(json.dumps(base))
-    other["sampler"]["config"]["block_size"] = 8
-    other["task"]["scorer"]["version"] = "0.8.0"
-    b = ComparabilityKey.model_validate(other)
-    assert a.diff(b) == ["sampler.config.block_size", "task.scorer.version"]
-    assert a.digest() != b.digest() and a.digest() == ComparabilityKey.model_validate(base).digest()
+def _parts(**over):
+    task = {"name": "t", "version": "1", "dataset": {"source": "packaged", "split": "test", "sha256": "a",
+                                                     "n_original": 3, "n_effective": 3},
+            "prompt": {"template_sha256": "p", "chat_template_sha256": "c"},
+            "scorer": {"name": "math-verify", "version": "0.9.0"}}
+    sampler = {"name": "block-static", "version": "1",
+               "config": {"block_size": 4, "confidence_threshold": 0.9, "max_new_tokens": 64, "stop": []}}
+    model = ModelInfo(id="m", family="block-diffusion", weights_sha256="w" * 64, dtype="bfloat16", num_parameters=1)
+    parts = json.loads(json.dumps({"task": task, "sampler": sampler}))
+    for path, v in over.items():
+        d = parts
+        *head, last = path.split("__")
+        for h in head:
+            d = d[h]
+        d[last] = v
+    return split_keys(parts["task"], 1, parts["sampler"], None, model)
+
+
+def test_protocol_and_system_split_and_diff_in_words():
+    p, s = _parts()
+    # the generation budget is protocol, the chat template and every other knob system
+    assert p.generation.max_new_tokens == 64 and "max_new_tokens" not in s.sampler.config
+    assert s.chat_template_sha256 == "c" and "chat_template_sha256" not in p.task.prompt.model_dump()
+    p2, s2 = _parts(sampler__config__confidence_threshold=0.7, task__scorer__version="0.8.0")
+    assert p.diff(p2) == ["task.scorer.version"] and s.diff(s2) == ["sampler.config.confidence_threshold"]
+    assert describe_differences(p, p2) == ["scorer version: 0.9.0 vs 0.8.0"]
+    assert describe_differences(s, s2) == ["confidence threshold: 0.9 vs 0.7"]
+    p3, s3 = _parts(sampler__config__max_new_tokens=128, task__prompt__chat_template_sha256="d")
+    assert describe_differences(p, p3) == ["max new tokens: 64 vs 128"] and s.diff(s3) == ["chat_template_sha256"]
+    assert p.digest() != p2.digest() and p.digest() == _parts()[0].digest()
     with pytest.raises(Exception):
-        ComparabilityKey.model_validate({**base, "unexpected": 1})
+        ProtocolKey.model_validate({**p.model_dump(mode="json"), "unexpected": 1})
+
+
+def test_version_1_entry_is_read_as_version_2():
+    v1 = Path(__file__).parent / "fixtures" / "v1" / "dllm-sft-static" / "entry.json"
+    raw = json.loads(v1.read_text())
+    assert raw["schema_version"] == "1" and "key" in raw
+    e = Entry.load(v1)
+    assert e.schema_version == "2" and e.entry_id == raw["entry_id"]
+    assert e.protocol.generation.max_new_tokens == raw["key"]["sampler"]["config"]["max_new_tokens"]
+    assert e.protocol.task.dataset == e.protocol.task.dataset.model_validate(raw["key"]["task"]["dataset"])
+    assert e.system.model.id == "tiny-block-dlm+sft" and e.system.model.trainers == ["sft@1"]
+    assert e.system.model.weights_sha256 is None  # a model trained here: its weights are in repro
+    assert e.repro.model.weights_sha256 == raw["repro"]["model"]["weights_sha256"]
+    # an edited key no longer matches its digest: refused
+    bad = e.model_dump(mode="json")
+    bad["protocol"]["samples_per_problem"] = 9
+    with pytest.raises(Exception, match="digest"):
+        Entry.model_validate(bad)
 
 
 def _brute_pass_at_k(n: int, c: int, k: int) -> float:

@@ -28,8 +28,8 @@ def entry_path(label: str, threshold: float | None = 0.9, sampler: str = "block-
     found = []
     for p in sorted(FIX.rglob("*.json")):
         e = json.loads(p.read_text())
-        cfg = e["key"]["sampler"]["config"]
-        if e["label"] == label and e["key"]["sampler"]["name"] == sampler and \
+        cfg = e["system"]["sampler"]["config"]
+        if e["label"] == label and e["system"]["sampler"]["name"] == sampler and \
                 (threshold is None or cfg.get("threshold") == threshold):
             found.append(p)
     assert len(found) == 1, (label, found)
@@ -137,27 +137,73 @@ def test_improvement_delta_traceRL_minus_sft():
 
 
 # ----------------------------------------------------------- fallbacks and errors
-def test_auto_falls_back_to_stderr_without_records(tmp_path):
+def test_entry_without_its_samples_is_refused_by_gate_compare_falls_back(tmp_path):
     base = entry_path(SFT)
     cand = tmp_path / "cand.json"
     shutil.copy(entry_path("tiny-block-dlm (regressed)"), cand)  # entry without its samples/ file
-    code, out, _ = gate_json("--baseline", str(base), "--candidate", str(cand))
-    assert code == 1
-    assert out["checks"][0]["mode"] == "stderr" and "no per-sample records" in out["checks"][0]["note"]
-    code, _, text = gate_json("--baseline", str(base), "--candidate", str(cand), "--mode", "paired")
-    assert code == 2 and "paired comparison impossible" in text and "Traceback" not in text
+    # the gate never trusts a stored metric it cannot recompute
+    code, out, text = gate_json("--baseline", str(base), "--candidate", str(cand))
+    assert code == 2 and out is None and "does not verify" in text and "missing" in text
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+    # compare() (a Δ for a table) still falls back to the unpaired bound
+    c = compare(base, cand, "accuracy")
+    assert c["mode"] == "stderr" and "no per-sample records" in c["note"]
+    with pytest.raises(BadInputError, match="paired comparison impossible"):
+        compare(base, cand, "accuracy", mode="paired")
+
+
+@pytest.mark.parametrize("tamper", ["metric", "truncate", "edit", "delete", "duplicate"])
+def test_tampered_entries_are_refused_by_gate(tmp_path, tamper):
+    """A regression cannot be turned into a pass by editing the evidence."""
+    base, src = entry_path(SFT), entry_path("tiny-block-dlm (regressed)")
+    e = json.loads(src.read_text())
+    cand = _copy_entry(src, tmp_path, label=SFT)
+    samples = tmp_path / e["samples"]["path"]
+    lines = samples.read_text().splitlines(keepends=True)
+    if tamper == "metric":  # accuracy edited up, samples untouched
+        e2 = json.loads(cand.read_text())
+        e2["metrics"]["accuracy"]["value"] = 0.9
+        cand.write_text(json.dumps(e2))
+        why = "metric accuracy: stored value 0.9000"
+    elif tamper == "truncate":
+        samples.write_text("".join(lines[:-5]))
+        why = "sha256"
+    elif tamper == "edit":
+        samples.write_text("".join(lines).replace('"correct":false', '"correct":true'))
+        why = "sha256"
+    elif tamper == "delete":
+        samples.unlink()
+        why = "missing"
+    else:  # records duplicated and the recorded sha256 / count made to match: caught by the count
+        from dllm_bench.schema import sha256_file
+
+        samples.write_text("".join(lines + lines[:3]))
+        e2 = json.loads(cand.read_text())
+        e2["samples"]["sha256"] = sha256_file(samples)
+        cand.write_text(json.dumps(e2))
+        why = "43 records"
+    code, out, text = gate_json("--baseline", str(base), "--candidate", str(cand))
+    assert code == 2 and "does not verify" in text and why in text, text
+    assert "Traceback" not in text
 
 
 def test_incomparable_pair_exit_2_names_fields():
     base, cand = entry_path(SFT, 0.9), entry_path(SFT, 0.7)
     r = runner.invoke(app, ["gate", "--baseline", str(base), "--candidate", str(cand)])
     assert r.exit_code == 2
-    assert "not comparable" in r.output and "sampler.config.threshold" in r.output
+    assert "not comparable" in r.output and "system differs in threshold: 0.9 vs 0.7" in r.output
     assert "Traceback" not in r.output
+    # an AR baseline under the same protocol is ranked against the dLLM (a Δ) ...
     ar = entry_path("tiny-ar", None, "ar")
+    assert compare(base, ar)["mode"] == "paired"
+    # ... but it is not the same system, so the gate refuses to treat one as the other
     with pytest.raises(BadInputError) as ei:
-        compare(base, ar)
-    assert "sampler.name" in str(ei.value) and "sampler.config.block_size" in str(ei.value)
+        gate(base, ar)
+    assert "sampler: block-dynamic vs ar" in str(ei.value) and "block size: 4 vs none" in str(ei.value)
+    # another protocol (k = 4 samples, 10 problems): not even a Δ
+    k4 = entry_path(SFT, None, "block-static")
+    with pytest.raises(BadInputError, match="protocol differs in .*samples per problem: 1 vs 4"):
+        compare(base, k4)
 
 
 def test_tampered_samples_file_is_bad_input(tmp_path):
@@ -231,13 +277,24 @@ def test_directories_matched_by_key_and_label(tmp_path):
     _copy_entry(entry_path("tiny-ar", None, "ar"), cdir)
     _copy_entry(entry_path(SFT, 0.7), cdir)
     code, _, text = gate_json("--baseline", str(bdir), "--candidate", str(cdir))
-    assert code == 2 and "sampler.config.threshold" in text
+    assert code == 2 and "threshold: 0.9 vs 0.7" in text
 
 
 def test_partial_candidate_fails_status(tmp_path):
+    from dllm_bench.metrics import standard_metrics
+    from dllm_bench.schema import sha256_file
+
     src = entry_path(SFT)
     e = json.loads(src.read_text())
-    cand = _copy_entry(src, tmp_path, status={**e["status"], "state": "partial", "n_done": 30})
+    cand = _copy_entry(src, tmp_path)
+    samples = tmp_path / e["samples"]["path"]  # a run stopped after 30 of 40 problems: 30 records
+    lines = samples.read_text().splitlines(keepends=True)[:30]
+    samples.write_text("".join(lines))
+    recs = [json.loads(x) for x in lines]
+    metrics = standard_metrics({r["doc_id"]: [(r["extracted"], r["correct"])] for r in recs}, (1,))
+    e.update(status={**e["status"], "state": "partial", "n_done": 30}, metrics=metrics,
+             samples={**e["samples"], "sha256": sha256_file(samples), "n_records": 30})
+    cand.write_text(json.dumps(e))
     code, out, _ = gate_json("--baseline", str(src), "--candidate", str(cand))
     assert code == 1
     assert [c["check"] for c in out["checks"]] == ["status", "accuracy"]

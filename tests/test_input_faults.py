@@ -291,10 +291,12 @@ def test_lmeval_fewshot_seed_is_lmevals_own_and_in_the_key(tmp_path):
     a, pa = run("a", 0)
     b, pb = run("b", 5)
     c, pc = run("c", 0, fewshot_seed=7)
-    assert a.key.task.prompt.num_fewshot == 2
-    assert a.key.task.prompt.fewshot_seed == b.key.task.prompt.fewshot_seed == 1234
-    assert pa == pb and a.key_digest == b.key_digest  # --seed does not pick the few-shot examples
-    assert c.key.task.prompt.fewshot_seed == 7 and c.key_digest != a.key_digest and pc != pa
+    assert a.protocol.task.prompt.num_fewshot == 2
+    assert a.protocol.task.prompt.fewshot_seed == b.protocol.task.prompt.fewshot_seed == 1234
+    assert pa == pb and a.protocol_digest == b.protocol_digest  # --seed does not pick the few-shot examples
+    # the few-shot seed is protocol: another seed is another protocol, the same system
+    assert c.protocol.task.prompt.fewshot_seed == 7 and c.protocol_digest != a.protocol_digest and pc != pa
+    assert c.system_digest == a.system_digest
     assert a.repro.seeds["fewshot"] == 1234 and c.repro.seeds["fewshot"] == 7
 
 

@@ -133,10 +133,11 @@ def lm_entry(tmp_path_factory) -> tuple[Entry, Path]:
 def test_run_lmeval_task_writes_a_normal_entry(lm_entry):
     e, out = lm_entry
     assert Entry.load(out / "entry.json") == e
-    assert e.key.task.name == "lm-eval:gsm8k_local" and e.key.task.scorer.name == "lm-eval"
-    assert e.key.task.dataset.n_effective == 4 and e.key.task.dataset.n_original == 6
-    cfg = e.key.sampler.config
-    assert cfg["max_new_tokens"] == 16 and cfg["stop"] == ["Question:", "<|im_end|>"]
+    assert e.protocol.task.name == "lm-eval:gsm8k_local" and e.protocol.task.scorer.name == "lm-eval"
+    assert e.protocol.task.dataset.n_effective == 4 and e.protocol.task.dataset.n_original == 6
+    cfg = e.system.sampler.config
+    gen = e.protocol.generation
+    assert gen.max_new_tokens == 16 and gen.stop == ["Question:", "<|im_end|>"]
     assert cfg["confidence_threshold"] == 0.9 and cfg["block_size"] == 4
     assert list(e.metrics)[0] == "exact_match,strict-match"
     raw = json.loads((out / "lmeval_results.json").read_text())["results"]["gsm8k_local"]
@@ -167,7 +168,7 @@ def test_rerun_resumes_from_saved_generations(lm_entry):
                             limit=4, batch_size=2, seed=0, output=out, label="tiny-block-dlm (lm-eval)")
     assert cache.read_text() == before  # nothing regenerated
     assert again.metrics == e.metrics and again.samples.sha256 == e.samples.sha256
-    assert again.key.digest() == e.key.digest()
+    assert again.pair_digest == e.pair_digest
 
 
 def test_bad_inputs(tmp_path):

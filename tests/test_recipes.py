@@ -69,10 +69,12 @@ def test_ci_recipe_cycle_entries(ci_run):
     assert set(entries) == {"dLLM SFT · static", "dLLM TraceRL · static", "dLLM TraceRL · dynamic",
                             "AR twin SFT · greedy"}
     sft, rl = entries["dLLM SFT · static"], entries["dLLM TraceRL · static"]
-    assert sft["key_digest"] == rl["key_digest"]  # same task, scorer, sampler config: comparable
+    assert sft["protocol_digest"] == rl["protocol_digest"]  # same task, scorer, budget: ranked together
+    assert sft["system_digest"] != rl["system_digest"]  # another trainer chain: another system
     assert rl["repro"]["model"]["training"]["trainer"] == "tracerl"
     assert rl["repro"]["model"]["training"]["reference"] == "dLLM SFT · static"
-    assert entries["dLLM TraceRL · dynamic"]["key_digest"] != rl["key_digest"]
+    assert entries["dLLM TraceRL · dynamic"]["protocol_digest"] == rl["protocol_digest"]
+    assert entries["dLLM TraceRL · dynamic"]["system_digest"] != rl["system_digest"]  # another sampler
     assert entries["AR twin SFT · greedy"]["repro"]["model"]["family"] == "ar"
     for e in entries.values():
         assert e["cost"]["nfe"] > 0 and e["cost"]["tokens_per_s"] > 0
