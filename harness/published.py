@@ -50,7 +50,7 @@ from .errors import BadInputError
 from .plugins import StrictModel
 
 PUBLISHED_DIR = Path("leaderboards/published")
-"""Default directory of published-figure files (relative to the repository root)."""
+"""Directory of published-figure files, relative to the repository root."""
 SCHEMA_NAME = "published"
 """Schema name: the file is ``<schema dir>/published.schema.json``."""
 
@@ -241,13 +241,22 @@ def figures_of(pf: PublishedFile, path: str | None = None) -> list[PublishedFigu
     return out
 
 
-def load_published(directory: str | Path = PUBLISHED_DIR) -> list[PublishedFigure]:
-    """Every figure of every ``*.yaml`` / ``*.yml`` file in ``directory`` (sorted by file name).
+def default_published_dir() -> Path:
+    """``leaderboards/published`` under the working directory when it exists, else under the
+    checkout this package runs from (an editable install run from elsewhere)."""
+    if PUBLISHED_DIR.is_dir():
+        return PUBLISHED_DIR
+    return Path(__file__).resolve().parent.parent / PUBLISHED_DIR
+
+
+def load_published(directory: str | Path | None = None) -> list[PublishedFigure]:
+    """Every figure of every ``*.yaml`` / ``*.yml`` file in ``directory`` (default:
+    :func:`default_published_dir`), files sorted by name.
 
     Raises:
         BadInputError: ``directory`` is not a directory, or a file is invalid (:func:`load_file`).
     """
-    d = Path(directory)
+    d = Path(directory) if directory is not None else default_published_dir()
     if not d.is_dir():
         raise BadInputError("published-figures directory not found", path=d)
     out: list[PublishedFigure] = []

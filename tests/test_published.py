@@ -163,3 +163,10 @@ def test_formatting(figs):
     dicts = to_dicts(rows)
     assert json.loads(json.dumps(dicts)) == dicts and dicts[0]["mismatches"] == rows[0].mismatches
     assert "No measured result" in to_markdown([])
+
+
+def test_default_directory_from_elsewhere(tmp_path, monkeypatch, figs):
+    monkeypatch.chdir(tmp_path)  # no leaderboards/ here: the checkout's files are found
+    assert len(load_published()) == len(figs)
+    with pytest.raises(BadInputError, match="not found"):
+        load_published(tmp_path / "nope")

@@ -104,3 +104,16 @@ def test_parse_and_dirnames():
     assert point_dirname("confidence_threshold", 0.5) == "confidence_threshold=0.5"
     assert point_dirname("skip_commit_forward", True) == "skip_commit_forward=true"
     assert point_dirname("attention_backend", "a/b c") == "attention_backend=a_b_c"
+
+
+def test_model_that_fails_to_load_leaves_no_directories(tmp_path):
+    # the sweep and point directories are claimed before the model loads; at exit the empty
+    # ones are removed, points first, so the sweep directory goes too (real process: atexit)
+    out = tmp_path / "s"
+    env = {**os.environ, "CI": "true"}
+    p = subprocess.run([sys.executable, "-m", "dllm_bench", "eval", "--model", str(tmp_path / "no-such-model"),
+                        "--task", "gsm8k_calc", "--sampler", "block-dynamic",
+                        "--sweep", "confidence_threshold=0.5,0.9", "--output", str(out)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and "unknown model" in p.stderr
+    assert not out.exists()
