@@ -134,20 +134,49 @@ def _deterministic(on: bool, threads: int = 1) -> None:
         determinism.enter(threads)
 
 
-def parse_kv(pairs: list[str] | None, option: str) -> dict[str, Any]:
-    """Parse ``k=v`` options; values are YAML scalars (``0.9`` -> float, ``true`` -> bool)."""
+def parse_value(v: str) -> Any:
+    """An option value as a YAML scalar (``0.9`` -> float, ``true`` -> bool, ``4`` -> int);
+    the empty string and text that is not valid YAML stay strings."""
     import yaml
 
+    try:
+        return yaml.safe_load(v) if v != "" else ""
+    except yaml.YAMLError:
+        return v
+
+
+def parse_kv(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    """Parse ``k=v`` options; values are YAML scalars (:func:`parse_value`)."""
     out: dict[str, Any] = {}
     for p in pairs or []:
         if "=" not in p:
             raise BadInputError(f"{option} expects key=value, got {p!r}")
         k, v = p.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v) if v != "" else ""
-        except yaml.YAMLError:
-            out[k.strip()] = v
+        out[k.strip()] = parse_value(v)
     return out
+
+
+def parse_sweep(specs: list[str]) -> tuple[str, list[Any]]:
+    """Parse ``--sweep KNOB=v1,v2,...`` into (knob, values); each value as :func:`parse_value`.
+
+    Raises:
+        BadInputError: more than one ``--sweep`` (one knob at a time), no ``=``, an empty
+            knob name or value, or a value given twice.
+    """
+    if len(specs) != 1:
+        raise BadInputError(f"--sweep takes one knob at a time, got {len(specs)}: {', '.join(specs)}")
+    spec = specs[0]
+    if "=" not in spec:
+        raise BadInputError(f"--sweep expects KNOB=v1,v2,..., got {spec!r}")
+    knob, text = (x.strip() for x in spec.split("=", 1))
+    parts = [t.strip() for t in text.split(",")]
+    if not knob or any(t == "" for t in parts):
+        raise BadInputError(f"--sweep expects KNOB=v1,v2,... with no empty knob or value, got {spec!r}")
+    values = [parse_value(t) for t in parts]
+    for i, v in enumerate(values):
+        if any(type(v) is type(w) and v == w for w in values[:i]):
+            raise BadInputError(f"--sweep: value {parts[i]!r} is given twice")
+    return knob, values
 
 
 def print_json(obj: Any) -> None:
@@ -242,13 +271,33 @@ def eval_cmd(
     data_source: Annotated[str, typer.Option(help="packaged (shipped data) | hub (datasets.load_dataset).")] = "packaged",
     record_trajectory: Annotated[bool, typer.Option(help="Store step maps in per-sample records.")] = False,
     label: Annotated[Optional[str], typer.Option(help="Row label for leaderboard tables.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the entry as JSON on stdout.")] = False,
+    sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="KNOB=v1,v2,...: one evaluation per value of "
+                                                       "one sampler knob, each in <output>/KNOB=<value>/ (resumable; "
+                                                       "the model loads once).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the entry (with --sweep: the list of entries) as "
+                                          "JSON on stdout.")] = False,
     deterministic: Annotated[bool, typer.Option("--deterministic/--native", help="Deterministic mode: pin the CPU code "
                                                 "paths (ATen, MKL, oneDNN, libm), one thread and deterministic algorithms "
                                                 "before torch loads, so any x86-64 machine gives the same bits.")] = False,
 ):
     """Evaluate MODEL on TASK with SAMPLER: writes a leaderboard entry + per-sample records."""
     _deterministic(deterministic)
+    if sweep:
+        knob, values = parse_sweep(sweep)
+        sw = _module("sweep", "eval --sweep")
+        points = sw.run_sweep(knob=knob, values=values, model=model, task=task, sampler=sampler,
+                              sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
+                              model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
+                              limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
+                              sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory,
+                              label=label)
+        if as_json:
+            print_json([p.entry.model_dump(mode="json") for p in points])
+        else:
+            sw.print_summary(knob, points)
+        if any(p.entry.status.state == "failed" for p in points):
+            raise typer.Exit(1)
+        return
     from .outdir import claim_output
 
     claim_output(output, read_only_if="entry.json")  # before any model load
@@ -426,12 +475,13 @@ def env_cmd(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout
 @handle_errors
 def schema_cmd(
     output: Annotated[Optional[Path], typer.Option(help="Write <name>.schema.json files into this directory.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Only this schema (entry, sample, recipe).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Only this schema (entry, sample, recipe, published).")] = None,
 ):
-    """Print or write the JSON Schemas of entries, per-sample records and recipes."""
+    """Print or write the JSON Schemas of entries, per-sample records, recipes and published figures."""
+    from .published import SCHEMA_NAME, published_schema
     from .schema import schemas
 
-    all_s = schemas()
+    all_s = {**schemas(), SCHEMA_NAME: published_schema()}
     if name and name not in all_s:
         raise BadInputError(f"unknown schema {name!r}; available: {', '.join(all_s)}")
     chosen = {name: all_s[name]} if name else all_s

@@ -117,7 +117,7 @@ def check_writable(directory: str | Path) -> None:
         raise unusable_output(exc, d) from None
 
 
-def claim_output(directory: str | Path, *, read_only_if: str | None = None) -> bool:
+def claim_output(directory: str | Path, *, read_only_if: str | None = None, own_lock: bool = False) -> bool:
     """Make ``directory`` this process's output directory for the rest of its life.
 
     Checks that it can be created and written (:func:`check_writable`), then takes the
@@ -131,6 +131,9 @@ def claim_output(directory: str | Path, *, read_only_if: str | None = None) -> b
         read_only_if: a file name: when ``directory`` exists but cannot be written and holds
             this file (a finished result), return False instead of raising, so the command
             can report that result without writing (no lock is needed: nobody can write).
+        own_lock: lock ``directory`` itself even when this process already holds a directory
+            above it (the points of ``eval --sweep``: each is an ordinary eval output directory
+            that another process could be pointed at).
 
     Returns:
         True when claimed; False for a read-only directory holding ``read_only_if``.
@@ -147,7 +150,7 @@ def claim_output(directory: str | Path, *, read_only_if: str | None = None) -> b
         if read_only_if is not None and d.is_dir() and (d / read_only_if).is_file():
             return False
         raise
-    if held_by_us(d) or not _rank0():
+    if (d.resolve() in _held if own_lock else held_by_us(d)) or not _rank0():
         return True
     from filelock import Timeout, UnixFileLock
 
@@ -172,8 +175,9 @@ _created: list[Path] = []  # directories claim_output created in this process
 
 def _remove_unused() -> None:
     """At exit: a directory this process created but wrote nothing into (the command failed
-    validation after claiming it) is removed again, so bad input leaves nothing behind."""
-    for d in _created:
+    validation after claiming it) is removed again, so bad input leaves nothing behind
+    (innermost first, so a parent emptied by removing its children goes too)."""
+    for d in reversed(_created):
         try:
             if {p.name for p in d.iterdir()} <= {LOCK_FILE}:
                 lock = _held.pop(d, None)
