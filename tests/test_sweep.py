@@ -33,14 +33,14 @@ def test_sweep_two_thresholds_resumes_and_locks(tmp_path):
     res = CliRunner().invoke(app, cmd)
     assert res.exit_code == 0, res.output
     listed = json.loads(res.stdout)
-    assert [e["key"]["sampler"]["config"]["confidence_threshold"] for e in listed] == [0.5, 0.9]
+    assert [e["system"]["sampler"]["config"]["confidence_threshold"] for e in listed] == [0.5, 0.9]
     dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert dirs == ["confidence_threshold=0.5", "confidence_threshold=0.9"]
     before = {}
     for d, thr in zip(dirs, (0.5, 0.9)):
         e = Entry.load(out / d / "entry.json")
         assert e.status.state == "complete" and e.status.n_done == 4
-        assert e.key.sampler.config["confidence_threshold"] == thr and e.label == f"tiny confidence_threshold={thr}"
+        assert e.system.sampler.config["confidence_threshold"] == thr and e.label == f"tiny confidence_threshold={thr}"
         before[d] = (out / d / "samples.jsonl").read_bytes()
         assert len(before[d].splitlines()) == 4
     manifest = json.loads((out / "sweep.json").read_text())
