@@ -148,3 +148,39 @@ def aup_by_system(curves: Mapping[str, Iterable[Sequence[float]]], *, alpha: flo
     lists = {k: list(v) for k, v in curves.items()}
     y_max = max(max(y for _, y in _points(v)) for v in lists.values()) / 100.0
     return {k: aup(v, y_max=y_max, alpha=alpha) for k, v in lists.items()}
+
+
+# Sampler knobs that trade accuracy for parallelism: entries that differ only in these (under
+# one protocol) are points of one accuracy-parallelism curve.
+PARALLELISM_KNOBS = ("confidence_threshold", "denoising_steps")
+
+
+def curve_points(entries: Iterable, metric: str = "accuracy") -> dict[tuple[str, str], list[tuple[float, float, object]]]:
+    """Accuracy-vs-parallelism curves from entries (:class:`dllm_bench.schema.Entry` or
+    objects with an ``entry`` attribute, e.g. ``gate.LoadedEntry``).
+
+    Entries under one protocol whose systems differ only in :data:`PARALLELISM_KNOBS` (a
+    threshold sweep, a denoising-steps sweep) form one curve; each point is
+    (tokens per forward, ``metric`` value, the entry). Entries without ``metric`` or with
+    no generated tokens are left out.
+
+    Returns:
+        ``{(protocol_digest, curve id): [(tokens_per_forward, value, entry), ...]}`` with
+        points sorted by tokens per forward; the curve id is the sha256 prefix of the system
+        key without the parallelism knobs.
+    """
+    from .schema import canonical_json, sha256_text
+
+    out: dict[tuple[str, str], list[tuple[float, float, object]]] = {}
+    for item in entries:
+        e = getattr(item, "entry", item)
+        m = e.metrics.get(metric)
+        if m is None or not e.cost.tokens_per_forward or not math.isfinite(m.value):
+            continue
+        sysd = e.system.model_dump(mode="json")
+        sysd["sampler"]["config"] = {k: v for k, v in sysd["sampler"]["config"].items() if k not in PARALLELISM_KNOBS}
+        cid = sha256_text(canonical_json(sysd))[:12]
+        out.setdefault((e.protocol_digest, cid), []).append((float(e.cost.tokens_per_forward), m.value, item))
+    for pts in out.values():
+        pts.sort(key=lambda t: t[0])
+    return out

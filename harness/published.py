@@ -309,6 +309,8 @@ class Measured:
         samples_per_problem: samples per problem, None when unknown.
         max_new_tokens: generation budget (tokens); None = ``sampler_config['max_new_tokens']``.
         tokens_per_forward: measured generated tokens / forward, None when unknown.
+        documents: (documents evaluated, documents in the dataset), None when unknown; a
+            subset is named as a mismatch (published figures are over the whole test set).
     """
 
     system: str
@@ -324,7 +326,27 @@ class Measured:
     samples_per_problem: int | None = None
     max_new_tokens: int | None = None
     tokens_per_forward: float | None = None
+    documents: tuple[int, int] | None = None
 
+
+
+def measured_from_entry(entry: Any, *, name: str | None = None, metric: str = "accuracy") -> Measured | None:
+    """The :class:`Measured` view of a leaderboard entry (:class:`dllm_bench.schema.Entry`,
+    or an object with an ``entry`` attribute such as ``gate.LoadedEntry``); None when the
+    entry has no ``metric``.
+
+    ``system`` is ``name`` (a table's row name), else the entry's label, else the model id.
+    """
+    e = getattr(entry, "entry", entry)
+    m = e.metrics.get(metric)
+    if m is None:
+        return None
+    return Measured(system=name or e.label or e.repro.model.id, model_id=e.repro.model.id, task=e.protocol.task.name,
+                    value=m.value, stderr=m.stderr, n=m.n, metric=metric, sampler=e.system.sampler.name,
+                    sampler_config=dict(e.system.sampler.config), samples_per_problem=e.protocol.samples_per_problem,
+                    max_new_tokens=e.protocol.generation.max_new_tokens,
+                    tokens_per_forward=e.cost.tokens_per_forward or None,
+                    documents=(e.protocol.task.dataset.n_effective, e.protocol.task.dataset.n_original))
 
 _AR_SAMPLERS = {"ar", "ar-vllm"}
 
@@ -402,8 +424,12 @@ def setting_mismatches(m: Measured, fig: PublishedFigure) -> list[str]:
     ``"samples per problem: published 16, measured 3"``; ``"(repo default)"`` is appended
     when the published value is the released code's default rather than stated with the
     table; a stated setting the measurement does not record reads ``measured not recorded``.
-    The dynamic threshold is compared only when both sides decode dynamically."""
+    The dynamic threshold is compared only when both sides decode dynamically. A measurement
+    on a subset of the documents is named first."""
     out = []
+    if m.documents is not None and m.documents[0] < m.documents[1]:
+        out.append(f"documents evaluated: published the whole test set, measured {m.documents[0]} of "
+                   f"{m.documents[1]}")
     s = fig.settings
     for name, words in _SETTINGS:
         pub = getattr(s, name)

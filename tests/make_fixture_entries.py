@@ -82,8 +82,10 @@ def _records(docs: list[dict], correct: list[list[bool]], nfe_per_sample: int) -
 
 
 def _entry(out: Path, key: dict, label: str, family: str, recs: list[SampleRecord], *,
-           wall_s: float, ks=(1,), baseline: bool = False, training: dict | None = None) -> Path:
-    model = ModelInfo(id=label.split(" (")[0], family=family, config_sha256=sha256_text(label.split(" (")[0]),
+           wall_s: float, ks=(1,), baseline: bool = False, training: dict | None = None,
+           model_id: str | None = None) -> Path:
+    mid = model_id or label.split(" (")[0]
+    model = ModelInfo(id=mid, family=family, config_sha256=sha256_text(mid),
                       dtype="float32", num_parameters=1_234_567, tokenizer="gpt2-bpe-fixture", is_baseline=baseline,
                       training=training)
     seeds = {"python": 0, "numpy": 0, "torch": 0, "sampler": 0 if "seed 1" not in label else 1}
@@ -145,8 +147,13 @@ def build(out: Path = OUT) -> list[Path]:
     return paths
 
 
-if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT
-    for p in build(target):
+def main(build_fn=None, default_out: Path = OUT) -> None:
+    """Command line of the fixture generators: ``[TARGET]`` (default: the committed directory)."""
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else default_out
+    for p in (build_fn or build)(target):
         print(p)
     print(canonical_json({"written": len(list(target.rglob("*.json")))}))
+
+
+if __name__ == "__main__":
+    main()

@@ -170,3 +170,58 @@ def test_default_directory_from_elsewhere(tmp_path, monkeypatch, figs):
     assert len(load_published()) == len(figs)
     with pytest.raises(BadInputError, match="not found"):
         load_published(tmp_path / "nope")
+
+
+# ------------------------------------------------ committed (synthetic) example entries
+EXAMPLES = REPO / "tests" / "fixtures" / "published-examples"
+
+
+def test_example_entries_are_current(tmp_path):
+    from .make_published_examples import build
+
+    build(tmp_path)
+    committed = sorted(p.relative_to(EXAMPLES) for p in EXAMPLES.rglob("*") if p.is_file())
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert committed == fresh, "run: .venv/bin/python -m tests.make_published_examples"
+    for rel in committed:
+        assert (EXAMPLES / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+
+
+def test_reproduction_view_of_example_entries(figs):
+    """Entries -> Measured -> rows: every published counterpart found, Δ and the 2-stderr
+    verdict by hand, and the settings that differ named in words."""
+    from dllm_bench.gate import load_entries, verified
+    from dllm_bench.published import measured_from_entry
+
+    entries = verified(load_entries(EXAMPLES))
+    assert all(e.verified for e in entries)
+    rows = reproduction_rows([measured_from_entry(e) for e in entries], figs)
+    by = {(r.system, r.arxiv_id): r for r in rows}
+    static = by[("TraDo-4B-Instruct · static (synthetic)", TRACERL)]
+    assert static.published == pytest.approx(0.912) and static.measured == pytest.approx(0.9)  # 108 of 120
+    assert static.delta == pytest.approx(0.9 - 0.912) and static.within_2se
+    assert static.mismatches == ["documents evaluated: published the whole test set, measured 40 of 1319"]
+    low = by[("TraDo-4B-Instruct · dynamic 0.5 (synthetic)", TRACERL)]
+    assert low.published == pytest.approx(0.903) and not low.within_2se
+    assert "threshold: published 0.9 (repo default), measured 0.5" in low.mismatches
+    # the AR baseline has a counterpart in both papers
+    assert {a for s, a in by if s == "Qwen2.5-7B-Instruct (synthetic)"} == {TRACERL, DIRL}
+
+
+def test_aup_of_the_example_threshold_sweep():
+    """The three dynamic points form one curve; AUP by hand from the definition
+    (d3LLM, arXiv 2601.07568): the 0.5 point (75 %) is > 5 points below y_1 = 90 % and
+    dropped; AUP = 2·90 + ½·(3.2 − 2)·(87.5·W(87.5) + 90·W(90)), W(y) = min(e^{−3(1 − y/90)}, 1)."""
+    import math
+
+    from dllm_bench.aup import aup_by_system, curve_points
+    from dllm_bench.gate import load_entries
+
+    curves = curve_points(load_entries(EXAMPLES))
+    sizes = sorted(len(p) for p in curves.values())
+    assert sizes == [1, 1, 3]  # static, AR, and the dynamic sweep
+    got = aup_by_system({cid: [(r, v) for r, v, _ in pts] for (_, cid), pts in curves.items()})
+    sweep = next(cid for (_, cid), pts in curves.items() if len(pts) == 3)
+    want = 2 * 90 + 0.5 * 1.2 * (87.5 * math.exp(-3 * (1 - 87.5 / 90)) + 90)
+    assert got[sweep] == pytest.approx(want)
+    assert sorted(v for k, v in got.items() if k != sweep) == [pytest.approx(90.0)] * 2  # ρ = 1: AUP = y
