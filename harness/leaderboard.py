@@ -240,8 +240,7 @@ def _name_rows(t: Table) -> None:
             r.name = r.label
         else:
             e = r.any.entry
-            r.name = " · ".join([e.system.model.id, e.system.sampler.name,
-                                 *(knob_words(k, v) for k, v in r.knobs.items())])
+            r.name = " · ".join([e.system.model.id, e.system.sampler.name, *([_knobs_words(r.knobs)] if r.knobs else [])])
     by_name: dict[str, list[Row]] = {}
     for r in t.rows:
         by_name.setdefault(r.name, []).append(r)
@@ -416,7 +415,11 @@ def row_family(r: dict[str, Any]) -> str:
 
 def row_sampler(r: dict[str, Any]) -> str:
     """The sampler name and the row's knobs that are not common to its table."""
-    return " · ".join([r["sampler"], *(knob_words(k, v) for k, v in r["knobs"].items())])
+    return " · ".join([r["sampler"], *([_knobs_words(r["knobs"])] if r["knobs"] else [])])
+
+
+def _knobs_words(knobs: dict[str, Any]) -> str:
+    return " · ".join(knob_words(k, v) for k, v in knobs.items())
 
 
 def cell_text(r: dict[str, Any], col: dict[str, Any], t: dict[str, Any]) -> str:
@@ -576,7 +579,7 @@ def to_csv(data: dict[str, Any]) -> str:
                 for m, mv in c["metrics"].items():
                     dm = d if d.get("metric") == m else {}
                     lines.append([t["index"], t["heading"], r["name"], r["label"], r["model"], r["family"],
-                                  r["ar_baseline"], r["sampler"], json.dumps(r["knobs"], sort_keys=True), task, m,
+                                  r["ar_baseline"], r["sampler"], _knobs_words(r["knobs"]), task, m,
                                   mv["value"], mv["stderr"], mv["n"], mv.get("k"), m == primaries[task],
                                   c["tokens_per_forward"], c["nfe_per_sample"], c["nfe_total"],
                                   c["generated_tokens"], c["tokens_per_s"], c["wall_s"], c["status"], c["verified"],
