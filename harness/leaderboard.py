@@ -393,18 +393,22 @@ def _delta_refs(t: dict[str, Any], task: str) -> set[str]:
 
 
 def table_columns(t: dict[str, Any]) -> list[dict[str, Any]]:
-    """The columns of a table as ``{"name", "kind", "task"}`` (kind: system, family, sampler,
-    metric, cost, delta); the same in Markdown, the terminal and HTML."""
-    cols = [{"name": "system", "kind": "system", "task": None}, {"name": "family", "kind": "family", "task": None},
-            {"name": "sampler", "kind": "sampler", "task": None}]
+    """The columns of a table as ``{"name", "lines", "kind", "task"}`` (kind: system, family,
+    sampler, metric, cost, delta; ``lines``: the name in parts, one per line of a terminal
+    header, e.g. ``["gsm8k_calc", "Δ accuracy", "vs dLLM SFT · static"]``); the same in
+    Markdown, the terminal and HTML."""
+    cols = [{"lines": ["system"], "kind": "system", "task": None}, {"lines": ["family"], "kind": "family", "task": None},
+            {"lines": ["sampler"], "kind": "sampler", "task": None}]
     for c in t["columns"]:
         task = c["task"]
-        cols += [{"name": f"{task} {c['primary_metric']}", "kind": "metric", "task": task},
-                 {"name": f"{task} TPF / NFE", "kind": "cost", "task": task}]
+        cols += [{"lines": [task, c["primary_metric"]], "kind": "metric", "task": task},
+                 {"lines": [task, "TPF / NFE"], "kind": "cost", "task": task}]
         refs = _delta_refs(t, task)
         if refs:
-            name = f"Δ {task} {c['primary_metric']}" + (f" vs {next(iter(refs))}" if len(refs) == 1 else "")
-            cols.append({"name": name, "kind": "delta", "task": task})
+            cols.append({"lines": [task, f"Δ {c['primary_metric']}", *([f"vs {next(iter(refs))}"] if len(refs) == 1
+                                                                       else [])], "kind": "delta", "task": task})
+    for col in cols:
+        col["name"] = " ".join(col["lines"])
     return cols
 
 
@@ -818,7 +822,7 @@ def show_cli(entries: str | Path, *, as_json: bool = False, reference: str | Non
         cols = table_columns(t)
         rt = RichTable(title=f"{t['index']}. {t['heading']}", title_justify="left")
         for c in cols:
-            rt.add_column(c["name"], overflow="fold", no_wrap=c["kind"] == "system",
+            rt.add_column("\n".join(c["lines"]), overflow="fold", no_wrap=c["kind"] == "system",
                           justify="right" if c["kind"] in ("metric", "cost", "delta") else "left")
         for r, cells in zip(t["rows"], table_rows(t)):
             rt.add_row(*cells, style="red" if not r["verified"] else "yellow" if r["ar_baseline"] else None)

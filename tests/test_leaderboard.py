@@ -148,7 +148,7 @@ def test_default_entries_one_table_with_dllm_rows_and_both_ar_baselines(default_
     smol = next(ln for ln in md.splitlines() if ln.startswith("| SmolLM2"))
     assert smol.count("| –") == 2 and "0.000 ± 0.000 (n=16)" in smol  # no gsm8k_calc cell
     assert [c["name"] for c in table_columns(t)] == [
-        "system", "family", "sampler", "gsm8k_calc accuracy", "gsm8k_calc TPF / NFE", "Δ gsm8k_calc accuracy",
+        "system", "family", "sampler", "gsm8k_calc accuracy", "gsm8k_calc TPF / NFE", "gsm8k_calc Δ accuracy",
         "gsm8k accuracy", "gsm8k TPF / NFE"]
 
 
@@ -168,7 +168,7 @@ def test_markdown_tables(built, data):
     assert re.findall(r"^## (\d+)\. ", md, flags=re.M) == ["1", "2"]
     assert "## 2. gsm8k — documents evaluated: 10 vs 40; samples per problem: 4 vs 1" in md
     assert "| tiny-ar " in md and "AR baseline" in md
-    assert f"Δ gsm8k accuracy vs {SFT9}" in md
+    assert f"gsm8k Δ accuracy vs {SFT9}" in md
     assert "+0.100 ± 0.048 (paired, n=40)" in md
     assert "0.400 ± 0.078 (n=40)" in md  # SFT accuracy 16/40, se sqrt(.4*.6/39)
     assert "![gsm8k: accuracy vs tokens per forward and NFE](plot-gsm8k.svg)" in md
