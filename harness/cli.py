@@ -349,8 +349,7 @@ def leaderboard_build(
     """Write Markdown, CSV, JSON and a static HTML page: one systems × tasks table (rows: systems,
     columns: tasks under one protocol) plus a table per cell under another protocol.
 
-    Every entry is verified first (samples sha256, record count, every metric recomputed from the
-    per-sample records); one that fails is refused with one line (exit 2).
+    Every entry is verified first (samples sha256, record count, every metric recomputed from the per-sample records); one that fails is refused with one line (exit 2).
     """
     from .outdir import claim_output
 
@@ -401,9 +400,7 @@ def gate_cmd(
 ):
     """Regression gate: exit 1 on a regression, 2 when entries are not comparable or do not verify.
 
-    Every entry on both sides is verified first: its samples file's sha256 and record count, and
-    every metric recomputed from the per-sample records with the task's own aggregation. An entry
-    that fails (edited metric, truncated or deleted samples) is refused with one line (exit 2).
+    Every entry on both sides is verified first: its samples file's sha256 and record count, and every metric recomputed from the per-sample records with the task's own aggregation. An entry that fails (edited metric, truncated or deleted samples) is refused with one line (exit 2).
     """
     gt = _module("gate", "gate")
     ok = gt.gate_cli(baseline=baseline, candidate=candidate, mode=mode, max_drop=max_drop, z=z, metric=metric,

@@ -16,9 +16,11 @@ protocol), whose heading says in words what differs
 40; samples per problem: 4 vs 1``). Under every table: each column's protocol in words
 (:func:`~dllm_bench.schema.describe_protocol`) and the sampler settings common to its rows.
 
-Each cell: the column's primary metric (``accuracy`` when every cell has it) as ``value ±
-stderr (n=problems)``, and on a second column ``TPF / NFE``: tokens per forward
-(generated tokens / NFE, the device-independent parallelism measure) and NFE per sample.
+Rows are ordered by the first column's primary metric (best first; rows without a cell
+there after, by the next column), unverified rows last. Each cell: the column's primary
+metric (``accuracy`` when every cell has it) as ``value ± stderr (n=problems)``, and on a
+second column ``TPF / NFE``: tokens per forward (generated tokens / NFE, the
+device-independent parallelism measure) and NFE per sample.
 
 **Δ vs reference.** A row's reference is, per entry, ``repro.model.training["reference"]``
 (the label of the row it was trained from: the TraceRL row names its SFT row), else the
@@ -182,7 +184,7 @@ def layout(entries: Sequence[LoadedEntry], reference: str | None = None) -> list
     for t in tables:
         _common_settings(t)
         _name_rows(t)
-        t.rows.sort(key=lambda r: (*(_sort_value(r, c) for c in t.columns), r.name))
+        t.rows.sort(key=lambda r: (not r.verified, *(_sort_value(r, c) for c in t.columns), r.name))
     return tables
 
 

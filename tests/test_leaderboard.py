@@ -295,7 +295,7 @@ def test_allow_unverified_lists_marked_and_never_a_reference(tmp_path):
     assert sft["cells"]["gsm8k"]["delta"] is None  # not marked as anyone's reference
     d_tr = rows["tiny-block-dlm (TraceRL)"]["cells"]["gsm8k"]["delta"]
     assert "diff" not in d_tr and d_tr["skipped"] == "unverified reference"
-    assert data["n_unverified"] == 1
+    assert data["n_unverified"] == 1 and data["tables"][0]["rows"][-1]["name"] == SFT9  # listed last
     md = (out / "README.md").read_text()
     assert f"| {SFT9} (unverified) " in md and "+0.100" not in md
     lines = [r for r in csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())) if r["system"] == SFT9]
