@@ -52,9 +52,10 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import BadInputError
 from .gate import LoadedEntry, compare, load_entries, results_console, verified
@@ -617,8 +618,8 @@ def plot_svg(t: dict[str, Any], task: str) -> str:
         c = r["cells"][task]
         m = c["metrics"][metric]
         color = cmap(i % cmap.N)
-        style = dict(fmt="s" if r["ar_baseline"] else "o", color=color, capsize=3, markersize=7,
-                     markerfacecolor=color if r["verified"] else "none")
+        style = {"fmt": "s" if r["ar_baseline"] else "o", "color": color, "capsize": 3, "markersize": 7,
+                 "markerfacecolor": color if r["verified"] else "none"}
         name = r["name"] + (" [AR baseline]" if r["ar_baseline"] else "") + ("" if r["verified"] else " [unverified]")
         for ax, x in ((ax_tpf, c["tokens_per_forward"]), (ax_nfe, c["nfe_per_sample"])):
             if x is not None:
@@ -689,9 +690,9 @@ def to_html(data: dict[str, Any], *, title: str = "dllm-bench leaderboard", sect
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{e(title)}</title>", f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
-             f'<p class="muted">{data["n_entries"]} entries. {e(INTRO)} Click a column heading to sort. '
-             '<span class="badge">AR baseline</span> marks autoregressive baselines; '
-             '<span class="badge unverified">unverified</span> marks rows whose evidence does not verify.</p>']
+             (f'<p class="muted">{data["n_entries"]} entries. {e(INTRO)} Click a column heading to sort. '
+              '<span class="badge">AR baseline</span> marks autoregressive baselines; '
+              '<span class="badge unverified">unverified</span> marks rows whose evidence does not verify.</p>')]
     if not data["tables"]:
         parts.append("<p>No entries yet.</p>")
     for t in data["tables"]:

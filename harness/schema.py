@@ -273,12 +273,11 @@ def describe_protocol(p: "ProtocolKey") -> str:
     math-verify 0.9.0 · 4 samples per problem · max new tokens 8 · no sandbox"``."""
     t = p.task
     ds = t.dataset
+    seed = "" if t.prompt.fewshot_seed is None else f" (seed {t.prompt.fewshot_seed})"
     parts = [f"{t.name} v{t.version}",
-             f"dataset {ds.source}/{ds.split}, {ds.n_effective} of {ds.n_original} documents evaluated "
-             f"(sha256 {value_words(ds.sha256)})",
-             f"prompt {t.prompt.num_fewshot}-shot" + (f" (seed {t.prompt.fewshot_seed})" if t.prompt.fewshot_seed
-                                                      is not None else "")
-             + f" (template {value_words(t.prompt.template_sha256)})",
+             (f"dataset {ds.source}/{ds.split}, {ds.n_effective} of {ds.n_original} documents evaluated "
+              f"(sha256 {value_words(ds.sha256)})"),
+             f"prompt {t.prompt.num_fewshot}-shot{seed} (template {value_words(t.prompt.template_sha256)})",
              f"scorer {t.scorer.name} {t.scorer.version}",
              f"{p.samples_per_problem} sample{'s' if p.samples_per_problem != 1 else ''} per problem",
              f"max new tokens {value_words(p.generation.max_new_tokens)}"]

@@ -165,7 +165,7 @@ def test_committed_leaderboard_and_readme_are_current(default_data, tmp_path):
 
 def test_markdown_tables(built, data):
     md = built["markdown"].read_text()
-    assert re.findall(r"^## (\d+)\. ", md, flags=re.M) == ["1", "2"]
+    assert re.findall(r"^## (\d+)\. ", md, flags=re.MULTILINE) == ["1", "2"]
     assert "## 2. gsm8k — documents evaluated: 10 vs 40; samples per problem: 4 vs 1" in md
     assert "| tiny-ar " in md and "AR baseline" in md
     assert f"gsm8k Δ accuracy vs {SFT9}" in md
@@ -174,7 +174,7 @@ def test_markdown_tables(built, data):
     assert "![gsm8k: accuracy vs tokens per forward and NFE](plot-gsm8k.svg)" in md
     assert md.count("- **protocol of gsm8k**: gsm8k v1 · dataset packaged/test") == 2
     assert "- **common sampler settings**: all rows: attention backend sdpa" in md
-    tables = re.split(r"^## ", md, flags=re.M)[1:]
+    tables = re.split(r"^## ", md, flags=re.MULTILINE)[1:]
     for t, text in zip(data["tables"], tables):
         assert len([ln for ln in text.splitlines() if ln.startswith("|")]) == 2 + len(t["rows"])
 
@@ -346,7 +346,7 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}"]
-    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=180, check=False)
 
 
 def _js_errors(p: subprocess.CompletedProcess) -> list[str]:
@@ -376,7 +376,7 @@ def test_html_in_headless_chromium(built, data, tmp_path):
     assert "<table" in dom, "Chromium produced no DOM"
     assert _js_errors(p) == []
     for t in data["tables"]:
-        m = re.search(rf'<table[^>]*id="table-{t["index"]}".*?</table>', dom, flags=re.S)
+        m = re.search(rf'<table[^>]*id="table-{t["index"]}".*?</table>', dom, flags=re.DOTALL)
         assert m, t["index"]
         head, body = m.group(0).split("<tbody>")
         assert len(re.findall(r"<tr[ >]", body)) == len(t["rows"])
@@ -390,7 +390,7 @@ def test_html_in_headless_chromium(built, data, tmp_path):
         assert html_escape(t["heading"]) in dom
         for c in t["columns"]:
             assert html_escape(c["protocol_words"]) in dom.replace("&#x27;", "'")
-    fig = re.search(r'<figure class="plot" id="plot-gsm8k".*?</figure>', dom, flags=re.S)
+    fig = re.search(r'<figure class="plot" id="plot-gsm8k".*?</figure>', dom, flags=re.DOTALL)
     assert fig and "<svg" in fig.group(0) and "tokens per forward" in fig.group(0)
     assert 'class="ar-baseline"' in dom and "AR baseline" in dom
     # the inline sorter runs in the browser: #sort=1:<TPF / NFE column>:asc orders by tokens per forward
@@ -398,7 +398,7 @@ def test_html_in_headless_chromium(built, data, tmp_path):
     col = [c["name"] for c in table_columns(t1)].index("gsm8k TPF / NFE")
     p = _chromium(tmp_path, "--dump-dom", f"{url}#sort=1:{col}:asc")
     assert _js_errors(p) == []
-    t = re.search(r'<table[^>]*id="table-1".*?</table>', p.stdout, flags=re.S).group(0)
+    t = re.search(r'<table[^>]*id="table-1".*?</table>', p.stdout, flags=re.DOTALL).group(0)
     order = re.findall(r'<tr[^>]*data-system="([0-9a-f]+)"', t)
     expect = [r["system_digest"] for r in sorted(t1["rows"], key=lambda r: r["cells"]["gsm8k"]["tokens_per_forward"])]
     assert order == expect and "sorted-asc" in t and order != [r["system_digest"] for r in t1["rows"]]
