@@ -353,9 +353,13 @@ def leaderboard_data(entries: Sequence[LoadedEntry], reference: str | None = Non
         Δ).
 
     Raises:
-        BadInputError: an entry does not verify (unless ``allow_unverified``).
+        BadInputError: an entry does not verify (unless ``allow_unverified``), or
+            ``reference`` is no entry's label.
     """
     entries = verified(list(entries), allow_unverified=allow_unverified, what="entry")
+    if reference and entries and not any(e.name == reference for e in entries):
+        labels = ", ".join(sorted({repr(e.name) for e in entries}))
+        raise BadInputError(f"--reference {reference!r} is no row's label (labels: {labels})")
     tables = layout(entries, reference)
     return {"format": LEADERBOARD_FORMAT, "n_entries": len(entries), "reference": reference,
             "n_unverified": sum(e.verified is False for e in entries),

@@ -132,6 +132,8 @@ def test_reference_option_adds_deltas_everywhere():
     assert deltas["tiny-block-dlm (SFT, seed 1)"]["diff"] == pytest.approx(-0.025)
     assert deltas["tiny-ar"]["reference"] == SFT9 and deltas["tiny-ar"]["diff"] == pytest.approx(-0.05)
     assert other["rows"][0]["cells"]["gsm8k"]["delta"] is None  # the reference row alone in its table
+    r = runner.invoke(app, ["leaderboard", "show", "--entries", str(FIX), "--reference", "tiny-block-dlm (SFTT)"])
+    assert r.exit_code == 2 and "'tiny-block-dlm (SFTT)' is no row's label" in r.output and "Traceback" not in r.output
 
 
 def test_default_entries_one_table_with_dllm_rows_and_both_ar_baselines(default_data):
