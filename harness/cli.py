@@ -392,13 +392,19 @@ def leaderboard_build(
     output: Annotated[Path, typer.Option(help="Where to write README.md, leaderboard.csv/.json, index.html.")] = Path("leaderboards"),
     reference: Annotated[Optional[str], typer.Option(help="Row label to show a 'Δ vs <reference> ± stderr' column "
                                                      "against (rows may also name theirs in training.reference).")] = None,
+    allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="List entries that do not verify, "
+                                                   "marked 'unverified' and never in a Δ (default: refuse them, exit 2).")] = False,
 ):
-    """Write Markdown, CSV, JSON and a static HTML page (sortable table + plots)."""
+    """Write Markdown, CSV, JSON and a static HTML page: one systems × tasks table (rows: systems,
+    columns: tasks under one protocol) plus a table per cell under another protocol.
+
+    Every entry is verified first (samples sha256, record count, every metric recomputed from the per-sample records); one that fails is refused with one line (exit 2).
+    """
     from .outdir import claim_output
 
     claim_output(output)
     lb = _module("leaderboard", "leaderboard")
-    lb.build_cli(entries, output, reference=reference)
+    lb.build_cli(entries, output, reference=reference, allow_unverified=allow_unverified)
 
 
 @leaderboard_app.command("show")
@@ -407,10 +413,23 @@ def leaderboard_show(
     entries: Annotated[Path, typer.Option(help="Directory of entry JSON files.")] = Path("leaderboards/entries"),
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
     reference: Annotated[Optional[str], typer.Option(help="Row label for the 'Δ vs <reference>' column.")] = None,
+    allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="List entries that do not verify, "
+                                                   "marked 'unverified' and never in a Δ (default: refuse them, exit 2).")] = False,
 ):
-    """Print the leaderboard tables, grouped by comparability key."""
+    """Print the systems × tasks tables, each with its protocol in words (entries verified first)."""
     lb = _module("leaderboard", "leaderboard")
-    lb.show_cli(entries, as_json=as_json, reference=reference)
+    lb.show_cli(entries, as_json=as_json, reference=reference, allow_unverified=allow_unverified)
+
+
+@leaderboard_app.command("migrate")
+@handle_errors
+def leaderboard_migrate(
+    path: Annotated[Path, typer.Argument(help="An entry JSON file or a directory of entries (searched recursively).")],
+):
+    """Rewrite every version-1 entry under PATH as schema version 2, in place (atomic writes;
+    entry ids and per-sample files untouched; running it again changes nothing)."""
+    lb = _module("leaderboard", "leaderboard")
+    lb.migrate_cli(path)
 
 
 # ------------------------------------------------------------------------------ gate
@@ -428,7 +447,10 @@ def gate_cmd(
     max_nfe_increase: Annotated[Optional[float], typer.Option(help="Fail if NFE per token rises above baseline x (1 + this).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON verdicts on stdout.")] = False,
 ):
-    """Regression gate: exit 1 on a regression, 2 when entries are not comparable."""
+    """Regression gate: exit 1 on a regression, 2 when entries are not comparable or do not verify.
+
+    Every entry on both sides is verified first: its samples file's sha256 and record count, and every metric recomputed from the per-sample records with the task's own aggregation. An entry that fails (edited metric, truncated or deleted samples) is refused with one line (exit 2).
+    """
     gt = _module("gate", "gate")
     ok = gt.gate_cli(baseline=baseline, candidate=candidate, mode=mode, max_drop=max_drop, z=z, metric=metric,
                      max_tps_drop=max_tps_drop, max_nfe_increase=max_nfe_increase, as_json=as_json)

@@ -1,26 +1,47 @@
-"""Leaderboard tables from entries (``dllm-bench leaderboard build|show``).
+"""Leaderboard tables from entries: systems × tasks (``dllm-bench leaderboard build|show|migrate``).
 
-Entries are grouped by comparability key (:meth:`ComparabilityKey.digest`): rows whose
-keys differ in any field never share a table. Each group's heading names the key fields
-in which it differs from the other groups, with this group's values
-(:meth:`ComparabilityKey.diff`), so two tables that look alike say why they are apart.
+**Rows are systems, columns are tasks.** A row is one system (:class:`~dllm_bench.schema.SystemKey`
+digest) under one label; the entries of that system on several tasks form one row. Its name
+is the entry label when given, else ``model · sampler · the knobs that differ from the
+table's common settings``; two rows that would read alike get the system fields in which
+they differ appended (``tiny-block-dlm (SFT) · threshold 0.7``). AR baselines (family
+``ar`` or ``repro.model.is_baseline``) sit in the same table, marked.
 
-Columns: row label, model id, family (AR baselines marked), sampler and its key settings
-(block size, denoising steps, confidence threshold, top-k, temperature), every metric as
-``value ± stderr (n)``, NFE per sample (model forward calls per generated sample),
-tokens/s, status, and — when a row names a reference row — ``Δ <metric> vs <reference>
-± stderr`` computed by :func:`dllm_bench.gate.compare` (paired per-problem differences
-when both rows have per-sample records, else ``sqrt(se_a² + se_b²)``).
+**A column is a task under one protocol** (:class:`~dllm_bench.schema.ProtocolKey`): the
+protocol of the reference row's cell (``--reference``) when it has one, else the most
+common protocol among the column's cells (ties: more documents evaluated, then digest). A
+cell whose protocol differs from its column's goes to a separate table, one per (task,
+protocol), whose heading says in words what differs
+(:func:`~dllm_bench.schema.describe_differences`, e.g. ``gsm8k — documents evaluated: 10 vs
+40; samples per problem: 4 vs 1``). Under every table: each column's protocol in words
+(:func:`~dllm_bench.schema.describe_protocol`) and the sampler settings common to its rows.
 
-A row's reference is the ``reference`` argument (a row label, applied in every group that
-has a row with that label) or, per row, ``repro.model.training["reference"]`` (the label
-of the row it was trained from, e.g. the TraceRL row names its SFT row).
+Rows are ordered by the first column's primary metric (best first; rows without a cell
+there after, by the next column), unverified rows last. Each cell: the column's primary
+metric (``accuracy`` when every cell has it) as ``value ± stderr (n=problems)``, and on a
+second column ``TPF / NFE``: tokens per forward (generated tokens / NFE, the
+device-independent parallelism measure) and NFE per sample.
 
-Outputs (:func:`build`): ``README.md`` (Markdown tables via pytablewriter, README-ready),
-``leaderboard.csv``, ``leaderboard.json``, ``index.html`` (self-contained: sortable
-tables with an inline JS sorter, every row's full sampler config, AR baselines marked,
-and matplotlib plots of the primary metric vs tokens/s and vs NFE inlined as SVG) and
-``plot-<task>.svg``.
+**Δ vs reference.** A row's reference is, per entry, ``repro.model.training["reference"]``
+(the label of the row it was trained from: the TraceRL row names its SFT row), else the
+``reference`` argument (a label). Among the rows of the same table with that label and a
+cell in the same column, the one whose system differs from this row's in the fewest fields
+is used. ``Δ = row − reference`` with its standard error comes from
+:func:`dllm_bench.gate.compare` (paired per-problem differences when both cells have their
+per-sample records, else ``sqrt(se_a² + se_b²)``); both cells share the column's protocol.
+
+**Verified entries only.** Every entry is verified first (:func:`dllm_bench.gate.verified`:
+samples sha256, record count, metrics recomputed from the records). One that fails is
+refused (:class:`~dllm_bench.errors.BadInputError`, exit 2) unless ``allow_unverified``:
+then it is listed, marked ``unverified``, and takes part in no Δ (neither as reference nor
+as the row compared).
+
+Outputs (:func:`build`): ``README.md`` (pytablewriter Markdown), ``leaderboard.csv`` (long
+format: one line per system × task × metric), ``leaderboard.json`` (format
+:data:`LEADERBOARD_FORMAT`), ``index.html`` (self-contained: sortable tables, protocol in
+words, matplotlib plots of the primary metric vs tokens per forward and vs NFE per sample,
+one named series per system) and ``plot-<task>.svg``. Further views (published vs
+reproduced, accuracy vs parallelism) are appended by :func:`extra_sections`.
 """
 
 from __future__ import annotations
@@ -31,175 +52,329 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .gate import LoadedEntry, compare, load_entries, results_console
-from .schema import ProtocolKey, get_path
+from .errors import BadInputError
+from .gate import LoadedEntry, compare, load_entries, results_console, verified
+from .schema import (READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Entry, ProtocolKey, describe_differences,
+                     describe_protocol, field_words, get_path, value_words)
 
 log = logging.getLogger(__name__)
 
-LEADERBOARD_FORMAT = "dllm-bench-leaderboard/1"
-
-# Displayed sampler settings: column name -> config keys that may hold it (first present wins).
-SETTINGS: dict[str, tuple[str, ...]] = {
-    "block size": ("block_size", "block_length"),
-    "steps": ("denoising_steps", "steps", "steps_per_block"),
-    "threshold": ("threshold", "confidence_threshold"),
-    "top-k": ("top_k",),
-    "temperature": ("temperature",),
-}
+LEADERBOARD_FORMAT = "dllm-bench-leaderboard/2"
+NO_CELL = "–"
 
 
-# ------------------------------------------------------------------------ grouping
+# ----------------------------------------------------------------------- layout
 @dataclass
-class Group:
-    """Rows sharing one comparability key.
+class Row:
+    """One system under one label in one table.
 
     Attributes:
-        index: 1-based position in the output.
-        key: the shared key.
-        rows: the entries, best primary metric first.
-        differs: ``{dotted key field: this group's value}`` for every field in which this
-            group's key differs from the key of another group of the same task (empty when
-            the task has one group; groups of other tasks differ in the task itself).
-        primary: the metric the rows are ordered by and the deltas are computed on.
+        label: the entry label, else None (then the name is built from model, sampler, knobs).
+        system_digest: the :class:`~dllm_bench.schema.SystemKey` digest shared by its cells.
+        cells: ``{task: entry}`` — this row's entries in the table's columns.
+        name: the display name (set by :func:`_name_rows`).
+        knobs: ``{knob: value}`` — the sampler settings of this row that are not common to
+            the table (set by :func:`_common_settings`).
     """
 
-    index: int
-    key: ProtocolKey
-    rows: list[LoadedEntry]
-    differs: dict[str, Any]
-    primary: str
-    metrics: list[str] = field(default_factory=list)
+    label: str | None
+    system_digest: str
+    cells: dict[str, LoadedEntry]
+    name: str = ""
+    knobs: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def digest(self) -> str:
-        return self.key.digest()
+    def any(self) -> LoadedEntry:
+        return next(iter(self.cells.values()))
+
+    @property
+    def base_label(self) -> str:
+        """The label the reference of other rows is matched on (label, else model id)."""
+        return self.any.name
+
+    @property
+    def ar_baseline(self) -> bool:
+        m = self.any.entry.repro.model
+        return bool(m.is_baseline or m.family == "ar")
+
+    @property
+    def verified(self) -> bool:
+        return all(e.verified is not False for e in self.cells.values())
+
+
+@dataclass
+class Column:
+    """A task under one protocol, with the metric its cells are ranked on."""
+
+    task: str
+    protocol: ProtocolKey
+    primary: str
+
+
+@dataclass
+class Table:
+    """Systems × tasks: the main table (every task under its column protocol) or a table of
+    the cells of one task under another protocol (``differences`` say how, in words)."""
+
+    index: int
+    kind: str  # "main" | "protocol-differs"
+    columns: list[Column]
+    rows: list[Row]
+    differences: list[str] = field(default_factory=list)
+    common: list[tuple[tuple[str, ...] | None, str, Any]] = field(default_factory=list)
 
     @property
     def heading(self) -> str:
-        t = self.key.task
-        base = f"{t.name} v{t.version} · protocol {self.digest[:10]}"
-        if not self.differs:
-            return base
-        return base + " — differs in: " + ", ".join(f"{k}={_short(v)}" for k, v in self.differs.items())
+        if self.kind == "main":
+            return "Systems × tasks: " + ", ".join(c.task for c in self.columns)
+        return f"{self.columns[0].task} — " + "; ".join(self.differences)
 
 
-def _short(v: Any) -> str:
-    s = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-    return s if len(s) <= 24 else s[:21] + "..."
+def _protocol_rank(entries: list[LoadedEntry]) -> tuple:
+    p = entries[0].entry.protocol
+    return (len(entries), p.task.dataset.n_effective, entries[0].entry.protocol_digest)
 
 
-def group_entries(entries: Sequence[LoadedEntry]) -> list[Group]:
-    """Group by comparability key; groups ordered by task, sampler, then key digest."""
-    by: dict[str, list[LoadedEntry]] = {}
-    for e in entries:
-        by.setdefault(e.entry.protocol_digest, []).append(e)
-    keys = {d: rows[0].entry.protocol for d, rows in by.items()}
-    order = sorted(by, key=lambda d: (keys[d].task.name, d))
-    groups = []
-    for i, d in enumerate(order, start=1):
-        fields: list[str] = []
-        for other in order:
-            if other != d and keys[other].task.name == keys[d].task.name:
-                fields += [f for f in keys[d].diff(keys[other]) if f not in fields]
-        dump = keys[d].model_dump(mode="json")
-        differs = {f: get_path(dump, f) for f in sorted(fields)}
-        rows = by[d]
-        metrics = _metric_order(rows)
-        primary = metrics[0] if metrics else "accuracy"
-        rows.sort(key=lambda e: (-_value(e, primary), e.name))
-        groups.append(Group(i, keys[d], rows, differs, primary, metrics))
-    return groups
+def layout(entries: Sequence[LoadedEntry], reference: str | None = None) -> list[Table]:
+    """The tables: first the main systems × tasks table, then one per off-protocol (task, protocol).
+
+    Entries of one (label, system) with the same protocol twice (reruns) become separate
+    rows (named apart by entry id).
+    """
+    # rows: (label-or-model, system digest, occurrence) -> {protocol digest: entry}
+    rows: dict[tuple[str, str, int], dict[str, LoadedEntry]] = {}
+    for e in sorted(entries, key=lambda e: (e.entry.created_at, str(e.path))):
+        occ = 0
+        while e.entry.protocol_digest in rows.get((e.name, e.entry.system_digest, occ), {}):
+            occ += 1
+        rows.setdefault((e.name, e.entry.system_digest, occ), {})[e.entry.protocol_digest] = e
+    by_task: dict[str, dict[str, list[LoadedEntry]]] = {}
+    for cells in rows.values():
+        for d, e in cells.items():
+            by_task.setdefault(e.entry.task, {}).setdefault(d, []).append(e)
+    columns: list[Column] = []
+    for task, by_protocol in by_task.items():
+        ref_cells = [e for es in by_protocol.values() for e in es
+                     if reference and e.name == reference and e.verified is not False]
+        chosen = ref_cells[0].entry.protocol_digest if ref_cells else \
+            max(by_protocol, key=lambda d: _protocol_rank(by_protocol[d]))
+        cells = by_protocol[chosen]
+        columns.append(Column(task, cells[0].entry.protocol, _primary(cells)))
+    columns.sort(key=lambda c: (-len(by_task[c.task][c.protocol.digest()]), c.task))
+    tables: list[Table] = []
+    main_rows = [_row(key, [cells.get(c.protocol.digest()) for c in columns], columns)
+                 for key, cells in rows.items()]
+    main_rows = [r for r in main_rows if r.cells]
+    if main_rows:
+        tables.append(Table(1, "main", columns, main_rows))
+    for c in columns:
+        col_digest = c.protocol.digest()
+        for d, es in sorted(by_task[c.task].items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            if d == col_digest:
+                continue
+            p = es[0].entry.protocol
+            col = Column(c.task, p, _primary(es))
+            trows = [_row(key, [cells.get(d)], [col]) for key, cells in rows.items()]
+            tables.append(Table(len(tables) + 1, "protocol-differs", [col], [r for r in trows if r.cells],
+                                differences=describe_differences(p, c.protocol)))
+    for t in tables:
+        _common_settings(t)
+        _name_rows(t)
+        t.rows.sort(key=lambda r: (not r.verified, *(_sort_value(r, c) for c in t.columns), r.name))
+    return tables
 
 
-def _metric_order(rows: Sequence[LoadedEntry]) -> list[str]:
-    """Metric columns, accuracy first; pass@1 is dropped when it equals accuracy in every row
-    (the unbiased pass@1 is c/n, i.e. mean@n accuracy; the entries keep both)."""
-    names: list[str] = []
-    for e in rows:
-        names += [m for m in e.entry.metrics if m not in names]
-    ms = [e.entry.metrics for e in rows]
-    if all("accuracy" in m and "pass@1" in m and abs(m["accuracy"].value - m["pass@1"].value) < 1e-12 for m in ms):
-        names.remove("pass@1")
-    return sorted(names, key=lambda m: (m != "accuracy", m))
+def _row(key: tuple[str, str, int], cells: list[LoadedEntry | None], columns: list[Column]) -> Row:
+    got = {c.task: e for c, e in zip(columns, cells) if e is not None}
+    label = next((e.entry.label for e in got.values()), None)
+    return Row(label, key[1], got)
 
 
-def _value(e: LoadedEntry, metric: str) -> float:
-    m = e.entry.metrics.get(metric)
-    return m.value if m is not None and not math.isnan(m.value) else -math.inf
+def _sort_value(r: Row, c: Column) -> float:
+    e = r.cells.get(c.task)
+    m = None if e is None else e.entry.metrics.get(c.primary)
+    if m is None or math.isnan(m.value):
+        return math.inf
+    return -m.value if m.higher_is_better else m.value
+
+
+def _primary(cells: Sequence[LoadedEntry]) -> str:
+    return _metric_order(cells)[0] if cells and _metric_order(cells) else "accuracy"
+
+
+def _metric_order(cells: Sequence[LoadedEntry]) -> list[str]:
+    """Metrics every cell has, accuracy first."""
+    common = set(cells[0].entry.metrics)
+    for e in cells[1:]:
+        common &= set(e.entry.metrics)
+    return sorted(common, key=lambda m: (m != "accuracy", m))
+
+
+def _common_settings(t: Table) -> None:
+    """Sampler knobs with one value in every row that has them go to ``t.common`` (with the
+    samplers that have them, None when every row has them); the rest to each row's ``knobs``."""
+    cfgs = {id(r): r.any.entry.system.sampler.config for r in t.rows}
+    samplers = {id(r): r.any.entry.system.sampler.name for r in t.rows}
+    keys = sorted({k for c in cfgs.values() for k in c})
+    for k in keys:
+        having = [r for r in t.rows if k in cfgs[id(r)]]
+        values = {json.dumps(cfgs[id(r)][k], sort_keys=True) for r in having}
+        if len(values) == 1:
+            names = None if len(having) == len(t.rows) else tuple(dict.fromkeys(samplers[id(r)] for r in having))
+            t.common.append((names, k, cfgs[id(having[0])][k]))
+        else:
+            for r in having:
+                r.knobs[k] = cfgs[id(r)][k]
+
+
+def knob_words(knob: str, value: Any) -> str:
+    """A sampler knob and its value in words: ``confidence threshold 0.9``."""
+    return f"{field_words('sampler.config.' + knob)} {value_words(value)}"
+
+
+def _name_rows(t: Table) -> None:
+    for r in t.rows:
+        if r.label:
+            r.name = r.label
+        else:
+            e = r.any.entry
+            r.name = " · ".join([e.system.model.id, e.system.sampler.name, *([_knobs_words(r.knobs)] if r.knobs else [])])
+    by_name: dict[str, list[Row]] = {}
+    for r in t.rows:
+        by_name.setdefault(r.name, []).append(r)
+    for same in by_name.values():
+        if len(same) < 2:
+            continue
+        for r in same:
+            mine = r.any.entry.system.model_dump(mode="json")
+            paths: list[str] = []
+            for o in same:
+                if o is not r:
+                    paths += [p for p in r.any.entry.system.diff(o.any.entry.system) if p not in paths]
+            words = [f"{field_words(p)} {value_words(get_path(mine, p))}" for p in paths]
+            r.name += " · " + (", ".join(words) if words else f"entry {r.any.entry.entry_id[:8]}")
 
 
 # ----------------------------------------------------------------------- row data
-def _reference_of(e: LoadedEntry, reference: str | None, group: Group) -> LoadedEntry | None:
-    training = e.entry.repro.model.training or {}
-    ref_label = training.get("reference") or reference
-    if not ref_label or ref_label == e.name:
+def _reference_row(r: Row, c: Column, t: Table, reference: str | None) -> Row | None:
+    e = r.cells[c.task]
+    ref_label = (e.entry.repro.model.training or {}).get("reference") or reference
+    if not ref_label or ref_label == r.base_label:
         return None
-    matches = [r for r in group.rows if r.name == ref_label]
-    if not matches:
-        if training.get("reference"):
-            log.warning("row %r names reference %r, which is not in its group %d", e.name, ref_label, group.index)
+    cands = [o for o in t.rows if o is not r and o.base_label == ref_label and c.task in o.cells]
+    if not cands:
+        if (e.entry.repro.model.training or {}).get("reference"):
+            log.warning("row %r names reference %r, which has no %s cell in table %d", r.name, ref_label,
+                        c.task, t.index)
         return None
-    return matches[0]
+    return min(cands, key=lambda o: len(e.entry.system.diff(o.cells[c.task].entry.system)))
 
 
-def row_data(e: LoadedEntry, group: Group, reference: str | None = None) -> dict[str, Any]:
-    """Raw (unformatted) values of one row; the JSON output is a list of these."""
+def _cell_data(e: LoadedEntry) -> dict[str, Any]:
     en = e.entry
-    cfg = {**en.system.sampler.config, "max_new_tokens": en.protocol.generation.max_new_tokens}
     st = en.status
-    model = en.repro.model
-    out: dict[str, Any] = {
-        "label": e.name, "model": model.id, "family": model.family,
-        "ar_baseline": bool(model.is_baseline or model.family == "ar"),
-        "sampler": en.system.sampler.name,
-        "settings": {col: next((cfg[k] for k in keys if k in cfg), None) for col, keys in SETTINGS.items()},
-        "sampler_config": cfg,
-        "metrics": {m: en.metrics[m].model_dump(mode="json") for m in group.metrics if m in en.metrics},
-        "nfe_total": en.cost.nfe,
-        "nfe_per_sample": en.cost.nfe / st.n_done if st.n_done else None,
-        "tokens_per_forward": en.cost.tokens_per_forward,
-        "generated_tokens": en.cost.generated_tokens,
-        "tokens_per_s": en.cost.tokens_per_s,
-        "wall_s": en.cost.wall_s,
-        "status": st.state, "n_done": st.n_done, "n_expected": st.n_expected, "n_failed": st.n_failed,
+    return {
         "entry_id": en.entry_id, "path": None if e.path is None else str(e.path),
+        "protocol_digest": en.protocol_digest, "verified": e.verified is not False, "problems": list(e.problems),
+        "metrics": {m: v.model_dump(mode="json") for m, v in en.metrics.items()},
+        "tokens_per_forward": en.cost.tokens_per_forward,
+        "nfe_per_sample": en.cost.nfe / st.n_done if st.n_done else None,
+        "nfe_total": en.cost.nfe, "generated_tokens": en.cost.generated_tokens,
+        "tokens_per_s": en.cost.tokens_per_s, "wall_s": en.cost.wall_s,
+        "status": st.state, "n_done": st.n_done, "n_expected": st.n_expected, "n_failed": st.n_failed,
         "delta": None,
     }
-    ref = _reference_of(e, reference, group)
-    if ref is not None and group.primary in en.metrics and group.primary in ref.entry.metrics:
-        c = compare(ref, e, group.primary)
-        out["delta"] = {"reference": ref.name, "metric": group.primary, "diff": c["diff"],
-                        "stderr": c["stderr"], "n": c["n"], "mode": c["mode"]}
-    elif any(_reference_of(r, reference, group) is e for r in group.rows):
-        out["delta"] = {"reference": None, "metric": group.primary, "is_reference": True}
-    return out
 
 
-def leaderboard_data(entries: Sequence[LoadedEntry], reference: str | None = None) -> dict[str, Any]:
-    """The whole leaderboard as JSON-ready data (what ``leaderboard.json`` holds)."""
-    groups = group_entries(entries)
+def table_data(t: Table, reference: str | None = None) -> dict[str, Any]:
+    """JSON-ready data of one table (rows with their cells and Δs; see :func:`leaderboard_data`)."""
+    rows = []
+    refs_used: dict[tuple[int, str], bool] = {}
+    for r in t.rows:
+        cells = {}
+        for c in t.columns:
+            e = r.cells.get(c.task)
+            if e is None:
+                continue
+            cd = _cell_data(e)
+            ref = _reference_row(r, c, t, reference)
+            if ref is not None:
+                re_ = ref.cells[c.task]
+                if e.verified is False or re_.verified is False:
+                    cd["delta"] = {"reference": ref.name, "metric": c.primary, "skipped":
+                                   "unverified " + ("reference" if re_.verified is False else "row")}
+                elif c.primary in e.entry.metrics and c.primary in re_.entry.metrics:
+                    cmp = compare(re_, e, c.primary)
+                    cd["delta"] = {"reference": ref.name, "metric": c.primary, "diff": cmp["diff"],
+                                   "stderr": cmp["stderr"], "n": cmp["n"], "mode": cmp["mode"], "note": cmp["note"]}
+                    refs_used[(id(ref), c.task)] = True
+            cells[c.task] = cd
+        rows.append((r, cells))
+    out_rows = []
+    for r, cells in rows:
+        for task, cd in cells.items():
+            if cd["delta"] is None and refs_used.get((id(r), task)):
+                cd["delta"] = {"reference": None, "is_reference": True}
+        e = r.any.entry
+        out_rows.append({
+            "name": r.name, "label": r.label, "model": e.system.model.id, "model_path": e.repro.model.id,
+            "family": e.system.model.family, "ar_baseline": r.ar_baseline, "verified": r.verified,
+            "sampler": e.system.sampler.name, "knobs": r.knobs,
+            "sampler_config": e.system.sampler.config, "system_digest": r.system_digest,
+            "system": e.system.model_dump(mode="json"), "cells": cells,
+        })
     return {
-        "format": LEADERBOARD_FORMAT,
-        "n_entries": len(entries),
-        "groups": [{"index": g.index, "heading": g.heading, "task": g.key.task.name, "key_digest": g.digest,
-                    "differs": g.differs, "primary_metric": g.primary, "metrics": g.metrics,
-                    "key": g.key.model_dump(mode="json"),
-                    "rows": [row_data(e, g, reference) for e in g.rows]} for g in groups],
+        "index": t.index, "kind": t.kind, "heading": t.heading, "differences": t.differences,
+        "columns": [{"task": c.task, "primary_metric": c.primary, "protocol_digest": c.protocol.digest(),
+                     "protocol": c.protocol.model_dump(mode="json"), "protocol_words": describe_protocol(c.protocol)}
+                    for c in t.columns],
+        "common_settings": [{"samplers": None if s is None else list(s), "knob": k, "value": v} for s, k, v in t.common],
+        "rows": out_rows,
     }
+
+
+def leaderboard_data(entries: Sequence[LoadedEntry], reference: str | None = None, *,
+                     allow_unverified: bool = False) -> dict[str, Any]:
+    """The whole leaderboard as JSON-ready data (what ``leaderboard.json`` holds).
+
+    Every entry is verified first (:func:`dllm_bench.gate.verified`).
+
+    Returns:
+        ``{"format", "n_entries", "reference", "tables": [...]}``; each table has ``heading``,
+        ``kind``, ``differences`` (words), ``columns`` (task, primary metric, protocol +
+        digest + words), ``common_settings`` and ``rows`` (name, label, model, family,
+        ar_baseline, verified, sampler, knobs, system digest, and ``cells`` per task: entry
+        id, protocol digest, metrics, tokens per forward, NFE per sample, tokens/s, status,
+        Δ).
+
+    Raises:
+        BadInputError: an entry does not verify (unless ``allow_unverified``), or
+            ``reference`` is no entry's label.
+    """
+    entries = verified(list(entries), allow_unverified=allow_unverified, what="entry")
+    if reference and entries and not any(e.name == reference for e in entries):
+        labels = ", ".join(sorted({repr(e.name) for e in entries}))
+        raise BadInputError(f"--reference {reference!r} is no row's label (labels: {labels})")
+    tables = layout(entries, reference)
+    return {"format": LEADERBOARD_FORMAT, "n_entries": len(entries), "reference": reference,
+            "n_unverified": sum(e.verified is False for e in entries),
+            "tables": [table_data(t, reference) for t in tables]}
 
 
 # ------------------------------------------------------------------ text formatting
-def _num(x: Any, nd: int = 3) -> str:
+def _num(x: Any, nd: int) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
-    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+    return f"{x:.{nd}f}"
 
 
 def fmt_metric(m: dict[str, Any] | None) -> str:
+    """``0.221 ± 0.015 (n=267)``; ``-`` when absent."""
     if m is None:
         return "-"
     se = "" if m.get("stderr") is None else f" ± {m['stderr']:.3f}"
@@ -207,150 +382,269 @@ def fmt_metric(m: dict[str, Any] | None) -> str:
 
 
 def fmt_delta(d: dict[str, Any] | None, show_ref: bool) -> str:
+    """``+0.037 ± 0.009 (paired, n=267)``, ``reference``, or why no Δ was computed."""
     if not d:
         return ""
     if d.get("is_reference"):
         return "reference"
-    se = "" if d.get("stderr") is None else f" ± {d['stderr']:.3f}"
     ref = f" vs {d['reference']}" if show_ref else ""
+    if "skipped" in d:
+        return f"none{ref} ({d['skipped']})"
+    se = "" if d.get("stderr") is None else f" ± {d['stderr']:.3f}"
     return f"{d['diff']:+.3f}{se}{ref} ({d['mode']}, n={d['n']})"
 
 
-def _setting(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:g}" if isinstance(v, float) else str(v)
+def _delta_refs(t: dict[str, Any], task: str) -> set[str]:
+    return {r["cells"][task]["delta"]["reference"] for r in t["rows"]
+            if task in r["cells"] and r["cells"][task]["delta"] and r["cells"][task]["delta"].get("reference")}
 
 
-def table_columns(group: dict[str, Any]) -> tuple[list[str], str | None]:
-    """Column names of a group's table and the delta column name (None when no row has a delta)."""
-    deltas = [r["delta"] for r in group["rows"] if r["delta"] and not r["delta"].get("is_reference")]
-    refs = {d["reference"] for d in deltas}
-    delta_col = None
-    if deltas:
-        delta_col = f"Δ {group['primary_metric']} vs " + (next(iter(refs)) if len(refs) == 1 else "reference")
-    cols = ["row", "model", "family", "sampler", *SETTINGS, *group["metrics"], "NFE/sample", "tokens/s", "status"]
-    return cols + ([delta_col] if delta_col else []), delta_col
+def table_columns(t: dict[str, Any]) -> list[dict[str, Any]]:
+    """The columns of a table as ``{"name", "lines", "kind", "task"}`` (kind: system, family,
+    sampler, metric, cost, delta; ``lines``: the name in parts, one per line of a terminal
+    header, e.g. ``["gsm8k_calc", "Δ accuracy", "vs dLLM SFT · static"]``); the same in
+    Markdown, the terminal and HTML."""
+    cols = [{"lines": ["system"], "kind": "system", "task": None}, {"lines": ["family"], "kind": "family", "task": None},
+            {"lines": ["sampler"], "kind": "sampler", "task": None}]
+    for c in t["columns"]:
+        task = c["task"]
+        cols += [{"lines": [task, c["primary_metric"]], "kind": "metric", "task": task},
+                 {"lines": [task, "TPF / NFE"], "kind": "cost", "task": task}]
+        refs = _delta_refs(t, task)
+        if refs:
+            cols.append({"lines": [task, f"Δ {c['primary_metric']}", *([f"vs {next(iter(refs))}"] if len(refs) == 1
+                                                                       else [])], "kind": "delta", "task": task})
+    for col in cols:
+        col["name"] = " ".join(col["lines"])
+    return cols
 
 
-def table_rows(group: dict[str, Any]) -> list[list[str]]:
-    """Formatted cells of a group's table (same order as :func:`table_columns`)."""
-    _, delta_col = table_columns(group)
-    refs = {r["delta"]["reference"] for r in group["rows"] if r["delta"] and not r["delta"].get("is_reference")}
-    out = []
-    for r in group["rows"]:
-        family = r["family"] + (" (AR baseline)" if r["ar_baseline"] else "")
-        status = r["status"] if r["status"] == "complete" else f"{r['status']} ({r['n_done']}/{r['n_expected']})"
-        cells = [r["label"], r["model"], family, r["sampler"], *(_setting(v) for v in r["settings"].values()),
-                 *(fmt_metric(r["metrics"].get(m)) for m in group["metrics"]),
-                 _num(r["nfe_per_sample"], 1), _num(r["tokens_per_s"], 1), status]
-        if delta_col:
-            cells.append(fmt_delta(r["delta"], show_ref=len(refs) > 1))
-        out.append(cells)
+def row_family(r: dict[str, Any]) -> str:
+    """``block-diffusion``, or ``AR baseline`` for AR rows."""
+    return "AR baseline" if r["ar_baseline"] else r["family"]
+
+
+def row_sampler(r: dict[str, Any]) -> str:
+    """The sampler name and the row's knobs that are not common to its table."""
+    return " · ".join([r["sampler"], *([_knobs_words(r["knobs"])] if r["knobs"] else [])])
+
+
+def _knobs_words(knobs: dict[str, Any]) -> str:
+    return " · ".join(knob_words(k, v) for k, v in knobs.items())
+
+
+def cell_text(r: dict[str, Any], col: dict[str, Any], t: dict[str, Any]) -> str:
+    """The text of one cell (:func:`table_columns` order)."""
+    kind, task = col["kind"], col["task"]
+    if kind == "system":
+        return r["name"] + ("" if r["verified"] else " (unverified)")
+    if kind == "family":
+        return row_family(r)
+    if kind == "sampler":
+        return row_sampler(r)
+    c = r["cells"].get(task)
+    if c is None:
+        return NO_CELL if kind != "delta" else ""
+    if kind == "metric":
+        primary = next(x["primary_metric"] for x in t["columns"] if x["task"] == task)
+        text = fmt_metric(c["metrics"].get(primary))
+        if c["status"] != "complete":
+            text += f" {c['status']} {c['n_done']}/{c['n_expected']}"
+        return text
+    if kind == "cost":
+        return f"{_num(c['tokens_per_forward'], 2)} / {_num(c['nfe_per_sample'], 1)}"
+    return fmt_delta(c["delta"], show_ref=len(_delta_refs(t, task)) > 1)
+
+
+def sort_value(r: dict[str, Any], col: dict[str, Any], t: dict[str, Any]) -> float | None:
+    """The number a column sorts by (metric value, tokens per forward, Δ); None for text."""
+    c = r["cells"].get(col["task"]) if col["task"] else None
+    if c is None:
+        return None
+    if col["kind"] == "metric":
+        primary = next(x["primary_metric"] for x in t["columns"] if x["task"] == col["task"])
+        m = c["metrics"].get(primary)
+        return None if m is None else m["value"]
+    if col["kind"] == "cost":
+        return c["tokens_per_forward"]
+    if col["kind"] == "delta" and c["delta"] and "diff" in c["delta"]:
+        return c["delta"]["diff"]
+    return None
+
+
+def table_rows(t: dict[str, Any]) -> list[list[str]]:
+    """Formatted cells of a table (same order as :func:`table_columns`)."""
+    cols = table_columns(t)
+    return [[cell_text(r, col, t) for col in cols] for r in t["rows"]]
+
+
+def common_settings_words(t: dict[str, Any]) -> str:
+    """The sampler settings common to a table, once: ``all: top-k 0, ...; block-dynamic: confidence threshold 0.9``."""
+    groups: dict[str, list[str]] = {}
+    for s in t["common_settings"]:
+        who = "all rows" if s["samplers"] is None else ", ".join(s["samplers"])
+        groups.setdefault(who, []).append(knob_words(s["knob"], s["value"]))
+    return "; ".join(f"{who}: {', '.join(words)}" for who, words in groups.items()) or "none"
+
+
+def notes_lines(t: dict[str, Any]) -> list[tuple[str, str]]:
+    """What is said under a table: ``[(what, words)]`` — each column's protocol, then the
+    common sampler settings."""
+    out = [(f"protocol of {c['task']}", c["protocol_words"]) for c in t["columns"]]
+    out.append(("common sampler settings", common_settings_words(t)))
     return out
 
 
+# ------------------------------------------------------------------ extra sections
+@dataclass
+class Section:
+    """A further view appended after the systems × tasks tables.
+
+    Attributes:
+        id: slug, unique in the page (HTML anchor ``section-<id>``; key in the JSON).
+        title: heading text.
+        markdown: the view as Markdown (without its heading).
+        html: the view as an HTML fragment (without its heading); self-contained, no scripts
+            that raise.
+        data: JSON-ready data stored under ``leaderboard.json``'s ``sections[id]``.
+    """
+
+    id: str
+    title: str
+    markdown: str = ""
+    html: str = ""
+    data: Any = None
+
+
+def extra_sections(data: dict[str, Any], entries: Sequence[LoadedEntry]) -> list[Section]:
+    """The views after the tables: the place where further views plug in.
+
+    To be filled: a "published vs reproduced" table (``dllm_bench.published``) and an
+    "accuracy vs parallelism (AUP)" curve per system (``dllm_bench.aup``). Each returns a
+    :class:`Section` built from ``data`` (:func:`leaderboard_data`, verified entries only) and
+    the entries; :func:`build` writes them into README.md, index.html and leaderboard.json.
+    """
+    return []
+
+
 # ------------------------------------------------------------------------ outputs
-def to_markdown(data: dict[str, Any], *, title: str = "dllm-bench leaderboard", plots: Sequence[str] = ()) -> str:
-    """README-ready Markdown: one table per comparability group (pytablewriter)."""
+INTRO = ("Rows are systems (model, chat template, sampler and every knob), columns are tasks. "
+         "A column holds the cells that share its protocol (task, dataset and documents evaluated, "
+         "prompt, few-shot, scorer, samples per problem, generation budget, sandbox), written out under "
+         "each table; a cell under another protocol is in a separate table whose heading names the "
+         "difference. Metric: value ± standard error across problems (n problems). TPF / NFE: tokens per "
+         "forward (generated tokens / NFE) / NFE per sample (forwards that denoised a sample). "
+         "Δ: difference to the reference row with its standard error (paired over per-problem outcomes "
+         "when both cells have per-sample records). Every entry is verified (samples sha256, record count, "
+         "metrics recomputed); rows marked unverified were listed with --allow-unverified and take part in no Δ.")
+
+
+def to_markdown(data: dict[str, Any], *, title: str = "dllm-bench leaderboard",
+                plots: dict[str, str] | None = None, sections: Sequence[Section] = ()) -> str:
+    """README-ready Markdown (pytablewriter): each table, its protocol and common settings
+    under it, the plots (``{task: file name}``) after the main table, then ``sections``."""
+    parts = [f"# {title}", "", "Generated by `dllm-bench leaderboard build`; do not edit by hand. " + INTRO, ""]
+    if not data["tables"]:
+        parts += ["No entries yet.", ""]
+    for t in data["tables"]:
+        parts += [f"## {t['index']}. {_md_escape(t['heading'])}", "", markdown_table(t), ""]
+        parts += [f"- **{what}**: {_md_escape(words)}" for what, words in notes_lines(t)] + [""]
+        if t["kind"] == "main":
+            parts += [f"![{task}: {t['columns'][0]['primary_metric']} vs tokens per forward and NFE]({p})"
+                      for task, p in (plots or {}).items()] + [""]
+    for s in sections:
+        parts += [f"## {_md_escape(s.title)}", "", s.markdown.rstrip(), ""]
+    return "\n".join(parts)
+
+
+def markdown_table(t: dict[str, Any]) -> str:
+    """One table as Markdown (pytablewriter), no heading."""
     import pytablewriter as ptw
 
-    parts = [f"# {title}", "",
-             "Generated by `dllm-bench leaderboard build`; do not edit by hand. Rows are ranked only "
-             "against rows with the same comparability key: each table's heading names the key fields "
-             "in which its group differs from the others. Metrics: value ± standard error across "
-             "problems (n problems). NFE/sample: model forward calls per generated sample.", ""]
-    if not data["groups"]:
-        parts += ["No entries yet.", ""]
-    for p in plots:
-        parts += [f"![{p}]({p})", ""]
-    for g in data["groups"]:
-        cols, _ = table_columns(g)
-        w = ptw.MarkdownTableWriter(headers=cols, value_matrix=table_rows(g), margin=1)
-        w.type_hints = [ptw.String] * len(cols)
-        parts += [f"## {g['index']}. {_md_escape(g['heading'])}", "", w.dumps().rstrip(), ""]
-    return "\n".join(parts)
+    cols = [c["name"] for c in table_columns(t)]
+    w = ptw.MarkdownTableWriter(headers=cols, value_matrix=table_rows(t), margin=1)
+    w.type_hints = [ptw.String] * len(cols)
+    return w.dumps().rstrip()
 
 
 def _md_escape(s: str) -> str:
     return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", s)
 
 
-CSV_HEAD = ["group", "group_heading", "task", "key_digest", "row", "model", "family", "ar_baseline", "sampler",
-            *SETTINGS, "metric", "value", "stderr", "n", "k", "nfe_total", "nfe_per_sample", "tokens_per_forward",
-            "generated_tokens", "tokens_per_s", "wall_s", "status", "delta_reference", "delta", "delta_stderr",
-            "delta_mode", "entry_id"]
+CSV_HEAD = ["table", "table_heading", "system", "label", "model", "family", "ar_baseline", "sampler", "knobs",
+            "task", "metric", "value", "stderr", "n", "k", "primary", "tokens_per_forward", "nfe_per_sample",
+            "nfe_total", "generated_tokens", "tokens_per_s", "wall_s", "status", "verified", "delta_reference",
+            "delta", "delta_stderr", "delta_mode", "delta_n", "protocol_digest", "system_digest", "entry_id"]
 
 
 def to_csv(data: dict[str, Any]) -> str:
-    """Long-format CSV: one line per (row, metric)."""
+    """Long-format CSV (pytablewriter): one line per system × task × metric."""
     import pytablewriter as ptw
 
     lines = []
-    for g in data["groups"]:
-        for r in g["rows"]:
-            d = r["delta"] if r["delta"] and not r["delta"].get("is_reference") else {}
-            for m, mv in r["metrics"].items():
-                dm = d if d.get("metric") == m else {}
-                lines.append([g["index"], g["heading"], g["task"], g["key_digest"], r["label"], r["model"],
-                              r["family"], r["ar_baseline"], r["sampler"], *r["settings"].values(), m, mv["value"],
-                              mv["stderr"], mv["n"], mv.get("k"), r["nfe_total"], r["nfe_per_sample"],
-                              r["tokens_per_forward"], r["generated_tokens"], r["tokens_per_s"], r["wall_s"],
-                              r["status"], dm.get("reference"), dm.get("diff"), dm.get("stderr"), dm.get("mode"),
-                              r["entry_id"]])
-    w = ptw.CsvTableWriter(headers=CSV_HEAD, value_matrix=lines)
-    return w.dumps()
+    for t in data["tables"]:
+        primaries = {c["task"]: c["primary_metric"] for c in t["columns"]}
+        for r in t["rows"]:
+            for task, c in r["cells"].items():
+                d = c["delta"] if c["delta"] and "diff" in c["delta"] else {}
+                for m, mv in c["metrics"].items():
+                    dm = d if d.get("metric") == m else {}
+                    lines.append([t["index"], t["heading"], r["name"], r["label"], r["model"], r["family"],
+                                  r["ar_baseline"], r["sampler"], _knobs_words(r["knobs"]), task, m,
+                                  mv["value"], mv["stderr"], mv["n"], mv.get("k"), m == primaries[task],
+                                  c["tokens_per_forward"], c["nfe_per_sample"], c["nfe_total"],
+                                  c["generated_tokens"], c["tokens_per_s"], c["wall_s"], c["status"], c["verified"],
+                                  dm.get("reference"), dm.get("diff"), dm.get("stderr"), dm.get("mode"), dm.get("n"),
+                                  c["protocol_digest"], r["system_digest"], c["entry_id"]])
+    return ptw.CsvTableWriter(headers=CSV_HEAD, value_matrix=lines).dumps()
 
 
-def plot_svg(groups: Sequence[dict[str, Any]], task: str) -> str:
-    """Inline SVG (matplotlib): primary metric vs tokens/s and vs NFE/sample for one task.
+def plot_svg(t: dict[str, Any], task: str) -> str:
+    """Inline SVG (matplotlib): one task of a table, primary metric vs tokens per forward and
+    vs NFE per sample.
 
-    One colour per comparability group; AR baselines are squares; error bars are ± stderr.
+    One named series per system (the row name; colour by row, squares for AR baselines,
+    hollow markers for unverified rows), error bars ± stderr, the legend below the axes
+    (no per-point labels, so nothing overlaps).
     """
     import matplotlib
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.2))
-    ax_tps, ax_nfe = fig.subplots(1, 2, sharey=True)
-    colors = matplotlib.colormaps["tab10"]
-    metric = None
-    for ci, g in enumerate(groups):
-        metric = metric or g["primary_metric"]
-        for r in g["rows"]:
-            m = r["metrics"].get(g["primary_metric"])
-            if m is None:
-                continue
-            for ax, x in ((ax_tps, r["tokens_per_s"]), (ax_nfe, r["nfe_per_sample"])):
-                if x is None:
-                    continue
-                ax.errorbar([x], [m["value"]], yerr=[m["stderr"] or 0.0], fmt="s" if r["ar_baseline"] else "o",
-                            color=colors(ci % 10), capsize=3, markersize=7,
-                            label=f"group {g['index']}" if ax is ax_tps else None)
-                ax.annotate(r["label"], (x, m["value"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax_tps.set_xlabel("tokens/s")
-    ax_nfe.set_xlabel("NFE per sample (model forward calls)")
-    ax_tps.set_ylabel(metric or "metric")
-    for ax in (ax_tps, ax_nfe):
+    col = next(c for c in t["columns"] if c["task"] == task)
+    metric = col["primary_metric"]
+    rows = [r for r in t["rows"] if task in r["cells"] and metric in r["cells"][task]["metrics"]]
+    fig = Figure(figsize=(10, 4.0 + 0.25 * math.ceil(len(rows) / 2)))
+    ax_tpf, ax_nfe = fig.subplots(1, 2, sharey=True)
+    cmap = matplotlib.colormaps["tab10" if len(t["rows"]) <= 10 else "tab20"]
+    for i, r in enumerate(t["rows"]):
+        if r not in rows:
+            continue
+        c = r["cells"][task]
+        m = c["metrics"][metric]
+        color = cmap(i % cmap.N)
+        style = {"fmt": "s" if r["ar_baseline"] else "o", "color": color, "capsize": 3, "markersize": 7,
+                 "markerfacecolor": color if r["verified"] else "none"}
+        name = r["name"] + (" [AR baseline]" if r["ar_baseline"] else "") + ("" if r["verified"] else " [unverified]")
+        for ax, x in ((ax_tpf, c["tokens_per_forward"]), (ax_nfe, c["nfe_per_sample"])):
+            if x is not None:
+                ax.errorbar([x], [m["value"]], yerr=[m["stderr"] or 0.0], label=name if ax is ax_tpf else None,
+                            **style)
+    ax_tpf.set_xlabel("tokens per forward (generated tokens / NFE)")
+    ax_nfe.set_xlabel("NFE per sample")
+    ax_tpf.set_ylabel(metric)
+    for ax in (ax_tpf, ax_nfe):
         ax.grid(alpha=0.3)
-    handles, labels = ax_tps.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    if uniq:
-        ax_tps.legend(uniq.values(), uniq.keys(), fontsize=7, loc="best")
-    fig.suptitle(f"{task}: {metric or 'metric'} vs speed (squares: AR baselines; bars: ± stderr)", fontsize=10)
-    fig.tight_layout()
+    handles, labels = ax_tpf.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{task}: {metric} vs tokens per forward and NFE per sample (bars: ± stderr; squares: AR baselines)",
+                 fontsize=10)
+    fig.set_layout_engine("constrained")
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "dllm-bench"}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
     return svg[svg.index("<svg"):]  # drop the XML prolog / doctype for inlining
-
-
-def _tasks(data: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for g in data["groups"]:
-        if g["task"] not in out:
-            out.append(g["task"])
-    return out
 
 
 _CSS = """
@@ -359,11 +653,12 @@ h1{font-size:1.5em} h2{font-size:1.1em;margin-top:2em} .muted{color:#57606a;font
 table.lb{border-collapse:collapse;font-size:.85em;margin:.5em 0} table.lb th,table.lb td{border:1px solid #d0d7de;
 padding:4px 8px;text-align:left;vertical-align:top} table.lb th{background:#f6f8fa;cursor:pointer;user-select:none;
 white-space:nowrap} table.lb th.sorted-asc::after{content:" \\25B2"} table.lb th.sorted-desc::after{content:" \\25BC"}
-tr.ar-baseline{background:#fff8c5} .badge{display:inline-block;background:#9a6700;color:#fff;border-radius:8px;
-padding:0 6px;font-size:.8em;margin-left:4px} td.num{text-align:right;font-variant-numeric:tabular-nums}
-details{margin:.3em 0} pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.8em} figure{margin:1em 0}
-.cfg{font-family:ui-monospace,monospace;font-size:.8em;min-width:16em;max-width:30em;word-break:break-word}
-td.num,td.metric{white-space:nowrap}
+tr.ar-baseline{background:#fff8c5} tr.unverified{background:#ffebe9} .badge{display:inline-block;background:#9a6700;
+color:#fff;border-radius:8px;padding:0 6px;font-size:.8em;margin-left:4px} .badge.unverified{background:#cf222e}
+table.lb td:first-child{white-space:nowrap} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td.na{color:#8c959f;text-align:center}
+ul.notes{font-size:.85em;color:#1b1f24} ul.notes li{margin:.2em 0} details{margin:.3em 0}
+pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.8em} figure{margin:1em 0}
+.cfg{font-family:ui-monospace,monospace;font-size:.8em;max-width:60em;word-break:break-word}
 """
 
 _JS = r"""
@@ -378,7 +673,8 @@ _JS = r"""
         th.classList.add(asc?'sorted-asc':'sorted-desc');
         var body=table.tBodies[0];var rows=Array.prototype.slice.call(body.rows);
         rows.sort(function(a,b){var x=key(a.cells[col]),y=key(b.cells[col]);
-          var c=(x.n&&y.n)?(x.v-y.v):String(x.v).localeCompare(String(y.v));return asc?c:-c;});
+          if(x.n!==y.n)return x.n?-1:1;
+          var c=x.n?(x.v-y.v):String(x.v).localeCompare(String(y.v));return asc?c:-c;});
         rows.forEach(function(r){body.appendChild(r);});
       });
     });
@@ -391,63 +687,70 @@ _JS = r"""
 """
 
 
-def to_html(data: dict[str, Any], *, title: str = "dllm-bench leaderboard") -> str:
-    """A self-contained static page: sortable tables, sampler configs, AR baselines, inline SVG plots."""
+def to_html(data: dict[str, Any], *, title: str = "dllm-bench leaderboard", sections: Sequence[Section] = ()) -> str:
+    """A self-contained static page: each table (sortable columns; AR baselines and
+    unverified rows marked) with its protocol and common settings in words under it, the
+    plots per task after the main table, every row's full sampler config, then ``sections``."""
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{e(title)}</title>", f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
-             f'<p class="muted">{data["n_entries"]} entries in {len(data["groups"])} comparability group(s). '
-             "Rows are ranked only against rows with the same comparability key; each heading names the key "
-             "fields in which its group differs from the others. Metrics: value ± standard error across "
-             "problems (n). Click a column heading to sort. "
-             '<span class="badge">AR baseline</span> marks autoregressive baseline rows.</p>']
-    if not data["groups"]:
+             (f'<p class="muted">{data["n_entries"]} entries. {e(INTRO)} Click a column heading to sort. '
+              '<span class="badge">AR baseline</span> marks autoregressive baselines; '
+              '<span class="badge unverified">unverified</span> marks rows whose evidence does not verify.</p>')]
+    if not data["tables"]:
         parts.append("<p>No entries yet.</p>")
-    for task in _tasks(data):
-        groups = [g for g in data["groups"] if g["task"] == task]
-        parts.append(f'<figure class="plot" id="plot-{e(_slug(task))}" data-task="{e(task)}">{plot_svg(groups, task)}'
-                     f"<figcaption class=\"muted\">{e(task)}: primary metric vs tokens/s and vs NFE per sample, "
-                     "one colour per comparability group.</figcaption></figure>")
-    for g in data["groups"]:
-        cols, delta_col = table_columns(g)
-        cells = table_rows(g)
-        parts.append(f'<h2 id="group-{g["index"]}">{g["index"]}. {e(g["heading"])}</h2>')
-        parts.append(f'<details><summary>comparability key {e(g["key_digest"][:16])}</summary><pre>'
-                     f'{e(json.dumps(g["key"], indent=2, sort_keys=True))}</pre></details>')
-        head = "".join(f"<th>{e(c)}</th>" for c in cols) + "<th>sampler config</th>"
-        parts.append(f'<table class="lb sortable" id="table-{g["index"]}" data-group="{g["index"]}">'
-                     f"<thead><tr>{head}</tr></thead><tbody>")
-        for r, row_cells in zip(g["rows"], cells):
-            tds = []
-            for c, text in zip(cols, row_cells):
-                sort = _sort_value(r, c, g, delta_col)
-                attr = f' data-sort="{e(str(sort))}" class="num"' if sort is not None else ""
-                body = e(text)
-                if c == "row" and r["ar_baseline"]:
-                    body += '<span class="badge">AR baseline</span>'
-                tds.append(f"<td{attr}>{body}</td>")
-            cfg = ", ".join(f"{k}={v}" for k, v in sorted(r["sampler_config"].items()))
-            tds.append(f'<td class="cfg">{e(cfg)}</td>')
-            cls = ' class="ar-baseline"' if r["ar_baseline"] else ""
-            parts.append(f'<tr{cls} data-entry="{e(r["entry_id"])}">{"".join(tds)}</tr>')
-        parts.append("</tbody></table>")
+    for t in data["tables"]:
+        parts.append(html_table(t))
+        if t["kind"] == "main":
+            for c in t["columns"]:
+                task = c["task"]
+                parts.append(f'<figure class="plot" id="plot-{e(_slug(task))}" data-task="{e(task)}">'
+                             f'{plot_svg(t, task)}<figcaption class="muted">{e(task)}: {e(c["primary_metric"])} '
+                             "(± stderr) vs tokens per forward and vs NFE per sample, one series per system, "
+                             "cells under the column's protocol.</figcaption></figure>")
+    for s in sections:
+        parts.append(f'<section id="section-{e(_slug(s.id))}"><h2>{e(s.title)}</h2>{s.html}</section>')
     parts.append(f"<script>{_JS}</script></body></html>")
     return "\n".join(parts) + "\n"
 
 
-def _sort_value(r: dict[str, Any], col: str, g: dict[str, Any], delta_col: str | None) -> float | None:
-    if col in g["metrics"]:
-        m = r["metrics"].get(col)
-        return None if m is None else m["value"]
-    if col == "NFE/sample":
-        return r["nfe_per_sample"]
-    if col == "tokens/s":
-        return r["tokens_per_s"]
-    if delta_col is not None and col == delta_col and r["delta"] and "diff" in r["delta"]:
-        return r["delta"]["diff"]
-    if col in SETTINGS and isinstance(r["settings"][col], (int, float)) and not isinstance(r["settings"][col], bool):
-        return r["settings"][col]
-    return None
+def html_table(t: dict[str, Any]) -> str:
+    """One table as HTML: heading, sortable table (``id="table-<index>"``), notes, configs."""
+    e = html.escape
+    cols = table_columns(t)
+    out = [f'<h2 id="heading-{t["index"]}">{t["index"]}. {e(t["heading"])}</h2>',
+           f'<table class="lb sortable" id="table-{t["index"]}" data-kind="{e(t["kind"])}">'
+           "<thead><tr>" + "".join(f'<th data-task="{e(c["task"] or "")}">{e(c["name"])}</th>' for c in cols) +
+           "</tr></thead><tbody>"]
+    for r in t["rows"]:
+        tds = []
+        for col in cols:
+            text = cell_text(r, col, t)
+            sv = sort_value(r, col, t)
+            if col["kind"] == "system":
+                body = e(r["name"]) + ('<span class="badge">AR baseline</span>' if r["ar_baseline"] else "") + \
+                    ("" if r["verified"] else '<span class="badge unverified">unverified</span>')
+                tds.append(f"<td>{body}</td>")
+            elif col["task"] and col["task"] not in r["cells"]:
+                tds.append(f'<td class="na">{e(text)}</td>')
+            elif sv is not None:
+                tds.append(f'<td class="num" data-sort="{sv!r}">{e(text)}</td>')
+            else:
+                tds.append(f"<td>{e(text)}</td>")
+        cls = " ".join(c for c, on in (("ar-baseline", r["ar_baseline"]), ("unverified", not r["verified"])) if on)
+        entries = " ".join(c["entry_id"] for c in r["cells"].values())
+        out.append(f'<tr class="{cls}" data-system="{e(r["system_digest"])}" data-entries="{e(entries)}">'
+                   f'{"".join(tds)}</tr>')
+    out.append("</tbody></table>")
+    out.append('<ul class="notes">' + "".join(f"<li><b>{e(what)}</b>: {e(words)}</li>"
+                                              for what, words in notes_lines(t)) + "</ul>")
+    cfg_rows = "".join(f'<tr><td>{e(r["name"])}</td><td class="cfg">'
+                       f'{e(", ".join(f"{k}={v}" for k, v in sorted(r["sampler_config"].items())))}</td>'
+                       f'<td class="cfg">{e(r["system_digest"][:16])}</td></tr>' for r in t["rows"])
+    out.append(f'<details><summary>full sampler config of every row</summary><table class="lb">'
+               f"<thead><tr><th>system</th><th>{e('sampler config')}</th><th>system digest</th></tr></thead>"
+               f"<tbody>{cfg_rows}</tbody></table></details>")
+    return "\n".join(out)
 
 
 def _slug(s: str) -> str:
@@ -455,74 +758,135 @@ def _slug(s: str) -> str:
 
 
 def build(entries: Sequence[LoadedEntry], output: str | Path, *, reference: str | None = None,
-          title: str = "dllm-bench leaderboard") -> dict[str, Path]:
+          title: str = "dllm-bench leaderboard", allow_unverified: bool = False,
+          sections: Sequence[Section] = ()) -> dict[str, Path]:
     """Write README.md, leaderboard.csv, leaderboard.json, index.html and plot-<task>.svg.
 
-    Each file is written atomically (a failed write leaves the former file and no ``.tmp``).
+    Every entry is verified first; ``sections`` (and :func:`extra_sections`) are appended to
+    the Markdown, the HTML and the JSON (``sections``). Each file is written atomically (a
+    failed write leaves the former file and no ``.tmp``).
 
     Returns:
         ``{"markdown", "csv", "json", "html", "plot:<task>"...}`` -> written path.
 
     Raises:
+        BadInputError: an entry does not verify (unless ``allow_unverified``).
         OSError: a file could not be written (no space, read-only, ...).
     """
     from .outdir import write_atomic
 
     out = Path(output)
+    data = leaderboard_data(entries, reference, allow_unverified=allow_unverified)
+    sections = [*extra_sections(data, entries), *sections]
+    if sections:
+        data["sections"] = {s.id: s.data for s in sections}
     out.mkdir(parents=True, exist_ok=True)
-    data = leaderboard_data(entries, reference)
     written: dict[str, Path] = {}
-    plots = []
-    for task in _tasks(data):
-        p = out / f"plot-{_slug(task)}.svg"
-        write_atomic(p, plot_svg([g for g in data["groups"] if g["task"] == task], task))
-        written[f"plot:{task}"] = p
-        plots.append(p.name)
-    for name, fname, text in (("markdown", "README.md", to_markdown(data, title=title, plots=plots)),
+    plots: dict[str, str] = {}
+    main = next((t for t in data["tables"] if t["kind"] == "main"), None)
+    for c in main["columns"] if main else []:
+        p = out / f"plot-{_slug(c['task'])}.svg"
+        write_atomic(p, plot_svg(main, c["task"]))
+        written[f"plot:{c['task']}"] = p
+        plots[c["task"]] = p.name
+    for name, fname, text in (("markdown", "README.md", to_markdown(data, title=title, plots=plots, sections=sections)),
                               ("csv", "leaderboard.csv", to_csv(data)),
                               ("json", "leaderboard.json", json.dumps(data, indent=2, sort_keys=True) + "\n"),
-                              ("html", "index.html", to_html(data, title=title))):
+                              ("html", "index.html", to_html(data, title=title, sections=sections))):
         write_atomic(out / fname, text)
         written[name] = out / fname
     return written
 
 
-def _load(entries: str | Path) -> list[LoadedEntry]:
-    return load_entries(entries, allow_empty=True)
-
-
-def build_cli(entries: str | Path, output: str | Path, *, reference: str | None = None) -> dict[str, Path]:
+def build_cli(entries: str | Path, output: str | Path, *, reference: str | None = None,
+              allow_unverified: bool = False) -> dict[str, Path]:
     """``dllm-bench leaderboard build``: write every output; log the paths on stderr."""
     from .console import console
 
-    loaded = _load(entries)
-    written = build(loaded, output, reference=reference)
+    written = build(load_entries(entries, allow_empty=True), output, reference=reference,
+                    allow_unverified=allow_unverified)
     for name, p in written.items():
         console.print(f"wrote {name}: {p}", markup=False, highlight=False, soft_wrap=True)
     return written
 
 
-def show_cli(entries: str | Path, *, as_json: bool = False, reference: str | None = None) -> None:
-    """``dllm-bench leaderboard show``: one rich table per group on stdout, or ``--json``."""
+def show_cli(entries: str | Path, *, as_json: bool = False, reference: str | None = None,
+             allow_unverified: bool = False) -> None:
+    """``dllm-bench leaderboard show``: the tables (rich) on stdout, each with its protocol and
+    common settings in words under it; or ``--json``."""
     import sys
 
-    from rich.table import Table
+    from rich.table import Table as RichTable
 
-    data = leaderboard_data(_load(entries), reference)
+    data = leaderboard_data(load_entries(entries, allow_empty=True), reference, allow_unverified=allow_unverified)
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return
     con = results_console()
-    if not data["groups"]:
+    if not data["tables"]:
         con.print("no entries")
-    for g in data["groups"]:
-        cols, _ = table_columns(g)
-        rows = table_rows(g)
-        # terminal view: drop the model column and settings that no row of the group has
-        keep = [i for i, c in enumerate(cols) if c != "model" and not (c in SETTINGS and all(r[i] == "-" for r in rows))]
-        t = Table(title=f"{g['index']}. {g['heading']}", title_justify="left")
-        for i in keep:
-            t.add_column(cols[i], overflow="fold", no_wrap=cols[i] == "row")
-        for r, cells in zip(g["rows"], rows):
-            t.add_row(*(cells[i] for i in keep), style="yellow" if r["ar_baseline"] else None)
-        con.print(t)
+    for t in data["tables"]:
+        cols = table_columns(t)
+        rt = RichTable(title=f"{t['index']}. {t['heading']}", title_justify="left")
+        for c in cols:
+            rt.add_column("\n".join(c["lines"]), overflow="fold", no_wrap=c["kind"] == "system",
+                          justify="right" if c["kind"] in ("metric", "cost", "delta") else "left")
+        for r, cells in zip(t["rows"], table_rows(t)):
+            rt.add_row(*cells, style="red" if not r["verified"] else "yellow" if r["ar_baseline"] else None)
+        con.print(rt)
+        for what, words in notes_lines(t):
+            con.print(f"{what}: {words}", markup=False, highlight=False, soft_wrap=True)
+        con.print()
+
+
+# ------------------------------------------------------------------------ migrate
+def migrate(path: str | Path) -> list[tuple[Path, str]]:
+    """Rewrite every older-schema entry JSON at ``path`` (a file, or every entry below a
+    directory) as schema :data:`~dllm_bench.schema.SCHEMA_VERSION`, in place.
+
+    The file is read with :meth:`Entry.load` (which upgrades it, keeping ``entry_id``) and
+    written atomically (:meth:`Entry.write`); the per-sample file is not touched. Entries
+    already at the current version are left alone, so running it twice changes nothing.
+
+    Returns:
+        ``[(path, "1 -> 2")]`` for every rewritten file.
+
+    Raises:
+        BadInputError: ``path`` does not exist, or an entry file cannot be read or upgraded.
+        OSError: a write failed (the file keeps its former content).
+    """
+    p = Path(path)
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*.json") if f.is_file())
+    else:
+        raise BadInputError("no such entry file or directory", path=p)
+    done = []
+    for f in files:
+        try:
+            version = json.loads(f.read_text(encoding="utf-8")).get("schema_version")
+        except (OSError, ValueError, AttributeError) as exc:
+            if p.is_file():
+                raise BadInputError(f"cannot read entry: {exc}", path=f) from None
+            continue  # not an entry (a directory may hold other JSON)
+        if version == SCHEMA_VERSION or version not in READABLE_SCHEMA_VERSIONS:
+            if version is not None and version != SCHEMA_VERSION:
+                raise BadInputError(f"unknown entry schema version {version!r} (readable: "
+                                    f"{', '.join(READABLE_SCHEMA_VERSIONS)})", path=f)
+            continue
+        Entry.load(f).write(f)
+        done.append((f, f"{version} -> {SCHEMA_VERSION}"))
+    return done
+
+
+def migrate_cli(path: str | Path) -> list[tuple[Path, str]]:
+    """``dllm-bench leaderboard migrate``: print each rewritten file (stdout) and a summary."""
+    from .console import stdout_console
+
+    done = migrate(path)
+    for f, how in done:
+        stdout_console.print(f"rewrote {f} (schema {how})", markup=False, highlight=False, soft_wrap=True)
+    stdout_console.print(f"{len(done)} entr{'y' if len(done) == 1 else 'ies'} rewritten; every entry under "
+                         f"{path} is schema {SCHEMA_VERSION}", markup=False, highlight=False, soft_wrap=True)
+    return done

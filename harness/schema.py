@@ -240,7 +240,9 @@ def field_words(path: str) -> str:
     return path.replace("_", " ")
 
 
-def _value_words(v: Any) -> str:
+def value_words(v: Any) -> str:
+    """A key field's value in words: ``none`` for null, a sha256 shortened to 10 hex digits,
+    JSON for the rest, cut at 40 characters."""
     if v is None:
         return "none"
     if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
@@ -259,10 +261,36 @@ def describe_differences(a: _Key, b: _Key, *, names: tuple[str, str] | None = No
     for path in sorted(a.diff(b), key=lambda f: (order.index(f) if f in order else len(order), f)):
         va, vb = get_path(da, path), get_path(db, path)
         if names:
-            out.append(f"{field_words(path)}: {_value_words(va)} ({names[0]}) vs {_value_words(vb)} ({names[1]})")
+            out.append(f"{field_words(path)}: {value_words(va)} ({names[0]}) vs {value_words(vb)} ({names[1]})")
         else:
-            out.append(f"{field_words(path)}: {_value_words(va)} vs {_value_words(vb)}")
+            out.append(f"{field_words(path)}: {value_words(va)} vs {value_words(vb)}")
     return out
+
+
+def describe_protocol(p: "ProtocolKey") -> str:
+    """A protocol in words, e.g. ``"gsm8k_calc v1 · dataset packaged/test, 267 of 1319
+    documents evaluated (sha256 1a2b3c4d5e) · prompt 0-shot (template 9f8e7d6c5b) · scorer
+    math-verify 0.9.0 · 4 samples per problem · max new tokens 8 · no sandbox"``."""
+    t = p.task
+    ds = t.dataset
+    seed = "" if t.prompt.fewshot_seed is None else f" (seed {t.prompt.fewshot_seed})"
+    parts = [f"{t.name} v{t.version}",
+             (f"dataset {ds.source}/{ds.split}, {ds.n_effective} of {ds.n_original} documents evaluated "
+              f"(sha256 {value_words(ds.sha256)})"),
+             f"prompt {t.prompt.num_fewshot}-shot{seed} (template {value_words(t.prompt.template_sha256)})",
+             f"scorer {t.scorer.name} {t.scorer.version}",
+             f"{p.samples_per_problem} sample{'s' if p.samples_per_problem != 1 else ''} per problem",
+             f"max new tokens {value_words(p.generation.max_new_tokens)}"]
+    if p.generation.stop:
+        parts.append(f"stop strings {value_words(p.generation.stop)}")
+    if p.sandbox is None:
+        parts.append("no sandbox")
+    else:
+        limits = ", ".join(f"{k} {value_words(v)}" for k, v in sorted(p.sandbox.limits.items()))
+        parts.append(f"sandbox {p.sandbox.name} {p.sandbox.version} ({p.sandbox.isolation}; {limits})")
+    if t.notes:
+        parts.append(t.notes)
+    return " · ".join(parts)
 
 
 def get_path(d: Any, dotted: str) -> Any:

@@ -8,17 +8,21 @@ the first ``N_DOCS`` GSM8K test problems of the packaged ``tasks/data/gsm8k/test
 over the row index so the gate tests can compute every difference by hand from the
 JSONL. Metrics come from :func:`dllm_bench.metrics.standard_metrics` over the records.
 
-Rows (group = comparability key):
+Rows. Six entries share one protocol (gsm8k, the first 40 problems, 1 sample, max new
+tokens 64): the leaderboard's main systems × tasks table. The system (model + trainer
+chain, sampler + knobs) tells the rows apart:
 
-* group A (gsm8k, block-dynamic, threshold 0.9): ``tiny-block-dlm (SFT)`` correct on
-  ``i % 5 in {0, 1}``; ``tiny-block-dlm (TraceRL)`` = SFT + ``i % 5 == 2`` for ``i < 20``
-  (its training record names SFT as its reference row); ``tiny-block-dlm (SFT, seed 1)``
-  = SFT with rows 0 and 5 wrong and row 2 right (a within-noise change); ``tiny-block-dlm
-  (regressed)`` correct only on ``i % 5 == 0``.
-* group B (gsm8k, block-dynamic, threshold 0.7): ``tiny-block-dlm (SFT)`` again.
-* group C (gsm8k, ar sampler): ``tiny-ar``, an AR baseline.
-* group D (gsm8k, first 10 problems, k = 4 samples each, block-static):
-  ``tiny-block-dlm (SFT)`` with pass@4 and maj@4.
+* block-dynamic, threshold 0.9: ``tiny-block-dlm (SFT)`` correct on ``i % 5 in {0, 1}``;
+  ``tiny-block-dlm (TraceRL)`` = SFT + ``i % 5 == 2`` for ``i < 20`` (its training record
+  names SFT as its reference row); ``tiny-block-dlm (SFT, seed 1)`` = SFT with rows 0 and 5
+  wrong and row 2 right (a within-noise change, same system as SFT); ``tiny-block-dlm
+  (regressed)`` correct only on ``i % 5 == 0`` (same system as SFT).
+* block-dynamic, threshold 0.7: ``tiny-block-dlm (SFT)`` again (same label, another system).
+* ar sampler: ``tiny-ar``, an AR baseline.
+
+One entry has another protocol (the first 10 problems, k = 4 samples each): block-static
+``tiny-block-dlm (SFT)`` with pass@4 and maj@4 — a separate table whose heading names the
+difference.
 """
 
 from __future__ import annotations
