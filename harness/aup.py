@@ -160,9 +160,12 @@ def curve_points(entries: Iterable, metric: str = "accuracy") -> dict[tuple[str,
     objects with an ``entry`` attribute, e.g. ``gate.LoadedEntry``).
 
     Entries under one protocol whose systems differ only in :data:`PARALLELISM_KNOBS` (a
-    threshold sweep, a denoising-steps sweep) form one curve; each point is
-    (tokens per forward, ``metric`` value, the entry). Entries without ``metric`` or with
-    no generated tokens are left out.
+    threshold sweep, a denoising-steps sweep) *and* that evaluated the same weights with the
+    same seeds (``repro.model`` less its id and Δ reference, ``repro.seeds``) form one
+    curve; each point is (tokens per forward, ``metric`` value, the entry). Two runs of one
+    system (another seed, a retrained model) are separate curves; a second entry at the same
+    knob values in one curve is left out. Entries without ``metric`` or with no generated
+    tokens are left out.
 
     Returns:
         ``{(protocol_digest, curve id): [(tokens_per_forward, value, entry), ...]}`` with
@@ -179,8 +182,12 @@ def curve_points(entries: Iterable, metric: str = "accuracy") -> dict[tuple[str,
             continue
         sysd = e.system.model_dump(mode="json")
         sysd["sampler"]["config"] = {k: v for k, v in sysd["sampler"]["config"].items() if k not in PARALLELISM_KNOBS}
-        cid = sha256_text(canonical_json(sysd))[:12]
-        out.setdefault((e.protocol_digest, cid), []).append((float(e.cost.tokens_per_forward), m.value, item))
+        model = e.repro.model.model_dump(mode="json", exclude={"id"})
+        model["training"] = {k: v for k, v in (model.get("training") or {}).items() if k != "reference"}
+        cid = sha256_text(canonical_json({"system": sysd, "model": model, "seeds": e.repro.seeds}))[:12]
+        pts = out.setdefault((e.protocol_digest, cid), [])
+        if all(getattr(p[2], "entry", p[2]).system_digest != e.system_digest for p in pts):
+            pts.append((float(e.cost.tokens_per_forward), m.value, item))
     for pts in out.values():
         pts.sort(key=lambda t: t[0])
     return out

@@ -51,6 +51,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -517,14 +518,130 @@ class Section:
 
 
 def extra_sections(data: dict[str, Any], entries: Sequence[LoadedEntry]) -> list[Section]:
-    """The views after the tables: the place where further views plug in.
+    """The views after the tables, from the verified entries only:
 
-    To be filled: a "published vs reproduced" table (``dllm_bench.published``) and an
-    "accuracy vs parallelism (AUP)" curve per system (``dllm_bench.aup``). Each returns a
-    :class:`Section` built from ``data`` (:func:`leaderboard_data`, verified entries only) and
-    the entries; :func:`build` writes them into README.md, index.html and leaderboard.json.
+    * ``published`` — published vs reproduced (:func:`published_section`), when a measured
+      system × task has a published counterpart in ``leaderboards/published/``;
+    * ``aup`` — accuracy vs parallelism (:func:`aup_section`), when some system was measured
+      at two or more parallelism settings (a threshold or denoising-steps sweep).
     """
-    return []
+    good = [e for e in entries if e.verified is not False]
+    return [s for s in (published_section(good), aup_section(good)) if s is not None]
+
+
+def _simple_html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return (f'<table class="lb sortable" id="{e(table_id)}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def published_section(entries: Sequence[LoadedEntry], published_dir: str | Path | None = None) -> Section | None:
+    """Published vs reproduced: for every entry whose model, task and sampling mode have a
+    published figure (:func:`dllm_bench.published.reproduction_rows`): published value,
+    measured ± stderr, Δ, whether |Δ| ≤ 2 stderr, and the stated settings that differ.
+    None when no entry has a counterpart."""
+    from .published import MARKDOWN_HEADERS, load_published, markdown_cells, measured_from_entry
+    from .published import reproduction_rows, to_dicts
+    from .published import to_markdown as repro_markdown
+
+    measured = [m for m in (measured_from_entry(e) for e in entries) if m is not None]
+    rows = reproduction_rows(measured, load_published(published_dir)) if measured else []
+    if not rows:
+        return None
+    note = ("Published figures with their source (leaderboards/published/); values in percent, Δ in points; "
+            "'within 2 se': |Δ| ≤ 2 × the measured standard error. Settings the source states that differ "
+            "from the measurement are named.")
+    return Section(id="published", title="Published vs reproduced",
+                   markdown=note + "\n\n" + repro_markdown(rows, title=None),
+                   html=f'<p class="muted">{html.escape(note)}</p>'
+                        + _simple_html_table(MARKDOWN_HEADERS, [markdown_cells(r) for r in rows], "table-published"),
+                   data=to_dicts(rows))
+
+
+def _curve_name(points: Sequence[tuple[float, float, LoadedEntry]]) -> str:
+    """A curve's name: the words its points' names share (a sweep's labels differ only in the
+    swept value), else ``model · sampler``."""
+    names = [p[2].name for p in points]
+    if len(set(names)) == 1:
+        return names[0]
+    common = os.path.commonprefix(names)
+    cut = common.rsplit(" ", 1)[0].rstrip(" ·=-_(") if " " in common else ""
+    if cut:
+        return cut
+    e = points[0][2].entry
+    return f"{e.repro.model.id} · {e.system.sampler.name}"
+
+
+def aup_section(entries: Sequence[LoadedEntry]) -> Section | None:
+    """Accuracy vs parallelism: per task, every system's curve of (tokens per forward,
+    primary metric) — the points of systems that differ only in the confidence threshold or
+    the denoising steps (:func:`dllm_bench.aup.curve_points`) — with its AUP
+    (:func:`dllm_bench.aup.aup_by_system`, d3LLM arXiv 2601.07568; y_max is the best accuracy
+    under that protocol). None unless some curve has two or more points."""
+    from .aup import aup_by_system, curve_points, kept_points
+
+    curves = curve_points(entries)
+    if not any(len(p) >= 2 for p in curves.values()):
+        return None
+    by_protocol: dict[str, dict[str, list]] = {}
+    for (proto, _cid), pts in curves.items():
+        by_protocol.setdefault(proto, {})[_curve_name(pts)] = pts
+    headers = ["task", "system", "points (tokens/forward → accuracy %)", "points in AUP", "AUP"]
+    rows: list[list[str]] = []
+    data: list[dict[str, Any]] = []
+    plots: list[str] = []
+    for proto, named in sorted(by_protocol.items(), key=lambda kv: next(iter(kv[1].values()))[0][2].entry.task):
+        task = next(iter(named.values()))[0][2].entry.task
+        scores = aup_by_system({n: [(r, v) for r, v, _ in pts] for n, pts in named.items()})
+        for name, pts in sorted(named.items(), key=lambda kv: -scores[kv[0]]):
+            kept = kept_points([(r, v) for r, v, _ in pts])
+            rows.append([task, name, ", ".join(f"{r:.2f} → {100 * v:.1f}" for r, v, _ in pts), str(len(kept)),
+                         f"{scores[name]:.1f}"])
+            data.append({"task": task, "protocol_digest": proto, "system": name, "aup": scores[name],
+                         "points": [{"tokens_per_forward": r, "value": v, "entry_id": le.entry.entry_id}
+                                    for r, v, le in pts]})
+        plots.append(_aup_svg(task, named, scores))
+    import pytablewriter as ptw
+
+    w = ptw.MarkdownTableWriter(headers=headers, value_matrix=rows, margin=1)
+    w.type_hints = [ptw.String] * len(headers)
+    note = ("AUP (accuracy under parallelism; d3LLM, arXiv 2601.07568): AUP = ρ₁y₁ + ½ Σ (ρᵢ − ρᵢ₋₁)(yᵢW(yᵢ) + "
+            "yᵢ₋₁W(yᵢ₋₁)) over the points sorted by tokens per forward ρ, accuracy y in percent, points more "
+            "than 5 points below y₁ left out, W(y) = min(exp(−3(1 − y/y_max)), 1), y_max the best accuracy "
+            "under the task's protocol. Units: tokens per forward × percent.")
+    html_body = (f'<p class="muted">{html.escape(note)}</p>'
+                 + "".join(f'<figure class="plot aup">{svg}</figure>' for svg in plots)
+                 + _simple_html_table(headers, rows, "table-aup"))
+    return Section(id="aup", title="Accuracy vs parallelism (AUP)", markdown=note + "\n\n" + w.dumps().rstrip(),
+                   html=html_body, data=data)
+
+
+def _aup_svg(task: str, named: dict[str, list], scores: dict[str, float]) -> str:
+    """Inline SVG: accuracy (%) vs tokens per forward, one named line per system curve, the
+    legend (with each curve's AUP) below the axes."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.8 + 0.25 * math.ceil(len(named) / 2)))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10" if len(named) <= 10 else "tab20"]
+    for i, (name, pts) in enumerate(sorted(named.items(), key=lambda kv: -scores[kv[0]])):
+        xs = [r for r, _, _ in pts]
+        ys = [100 * v for _, v, _ in pts]
+        ax.plot(xs, ys, marker="o", color=cmap(i % cmap.N), label=f"{name} (AUP {scores[name]:.1f})")
+    ax.set_xlabel("tokens per forward")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{task}: accuracy vs parallelism", fontsize=10)
+    fig.set_layout_engine("constrained")
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "dllm-bench"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
 
 
 # ------------------------------------------------------------------------ outputs

@@ -89,3 +89,20 @@ def test_bad_input(pts, kw):
 
 def test_all_zero_is_zero():
     assert aup([(1, 0.0), (2, 0.0)]) == 0.0
+
+
+def test_curves_join_only_one_artifact_swept_in_a_parallelism_knob():
+    """Runs of one system with another seed or other training steps are separate curves;
+    the example sweep (one model, thresholds 0.9 / 0.7 / 0.5) is one curve."""
+    from pathlib import Path
+
+    from dllm_bench.aup import curve_points
+    from dllm_bench.gate import load_entries
+
+    fix = Path(__file__).resolve().parent / "fixtures"
+    curves = curve_points(load_entries(fix / "entries"))
+    assert len(curves) == 7 and all(len(p) == 1 for p in curves.values())
+    ex = curve_points(load_entries(fix / "published-examples"))
+    (sweep,) = [p for p in ex.values() if len(p) > 1]
+    assert [e.entry.system.sampler.config["confidence_threshold"] for _, _, e in sweep] == [0.9, 0.7, 0.5]
+    assert [r for r, _, _ in sweep] == sorted(r for r, _, _ in sweep)

@@ -189,7 +189,9 @@ def test_csv_and_json(built, data):
     assert tr["delta_reference"] == SFT9 and tr["delta_mode"] == "paired" and tr["verified"] == "True"
     assert tr["task"] == "gsm8k" and tr["protocol_digest"] == data["tables"][0]["columns"][0]["protocol_digest"]
     assert tr["system_digest"] == _rows(data["tables"][0])["tiny-block-dlm (TraceRL)"]["system_digest"]
-    assert json.loads(built["json"].read_text()) == json.loads(json.dumps(data, sort_keys=True))
+    written = json.loads(built["json"].read_text())
+    assert "sections" not in written  # no published counterpart, no sweep (knob "threshold" is not a sampler's)
+    assert written == json.loads(json.dumps(data, sort_keys=True))
 
 
 def test_plot_series_are_named_by_system(built, data):
@@ -423,3 +425,51 @@ def test_run_directories_skip_non_entry_json(tmp_path):
     (d / "DONE.json").write_text(json.dumps({"digest": "x", "entry": str(d / "entry.json")}))
     (d / "lmeval_results.json").write_text(json.dumps({"results": {}}))
     assert [e.path.name for e in load_entries(tmp_path / "evals")] == ["entry.json"]
+
+
+# ----------------------------------------- published vs reproduced, accuracy vs parallelism
+EXAMPLES = REPO / "tests" / "fixtures" / "published-examples"
+
+
+@pytest.fixture(scope="module")
+def examples_built(tmp_path_factory) -> dict[str, Path]:
+    return build(load_entries(EXAMPLES), tmp_path_factory.mktemp("examples"), title="examples")
+
+
+def test_published_and_aup_views_reach_every_output(examples_built):
+    md = examples_built["markdown"].read_text()
+    js = json.loads(examples_built["json"].read_text())
+    page = examples_built["html"].read_text()
+    # published vs reproduced: one row per measured system x source with a counterpart
+    pub = js["sections"]["published"]
+    assert {(r["system"], r["arxiv_id"]) for r in pub} >= {("TraDo-4B-Instruct · static (synthetic)", "2509.06949"),
+                                                           ("Qwen2.5-7B-Instruct (synthetic)", "2512.22234")}
+    assert "## Published vs reproduced" in md and "| 91.2 " in md and 'id="section-published"' in page
+    # AUP: the threshold sweep is one curve named by what its labels share, AR / static single points
+    aup = {r["system"]: r for r in js["sections"]["aup"]}
+    sweep = aup["TraDo-4B-Instruct · dynamic"]
+    assert [p["tokens_per_forward"] for p in sweep["points"]] == [2.0, 3.2, 4.0]
+    assert sweep["aup"] == pytest.approx(2 * 90 + 0.5 * 1.2 * (87.5 * math.exp(-3 * (1 - 87.5 / 90)) + 90))
+    assert aup["Qwen2.5-7B-Instruct (synthetic)"]["aup"] == pytest.approx(90.0)
+    assert "## Accuracy vs parallelism (AUP)" in md and "arXiv 2601.07568" in md
+    svg = re.search(r'<section id="section-aup">.*?</section>', page, flags=re.DOTALL).group(0)
+    assert "<svg" in svg and "TraDo-4B-Instruct · dynamic (AUP 282.3)" in svg.replace("&#183;", "·")
+
+
+def test_default_entries_have_no_published_counterpart_or_sweep(default_data):
+    assert "sections" not in default_data or not default_data["sections"]
+
+
+def test_examples_page_in_headless_chromium(examples_built, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    site = tmp_path / "site"
+    shutil.copytree(examples_built["html"].parent, site)
+    _with_hook(site / "index.html")
+    p = _chromium(tmp_path, "--dump-dom", (site / "index.html").as_uri())
+    assert _js_errors(p) == []
+    dom = p.stdout
+    for sid, rows in (("published", 6), ("aup", 3)):
+        m = re.search(rf'<table[^>]*id="table-{sid}".*?</table>', dom, flags=re.DOTALL)
+        assert m and len(re.findall(r"<tr[ >]", m.group(0).split("<tbody>")[1])) == rows, sid
+    assert dom.count("<svg") >= 2
