@@ -416,3 +416,37 @@ def test_markup_in_a_path_is_printed_verbatim(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"wrote markdown: {tmp_path / 'lb[/x]' / 'README.md'}" in r.stderr
 
+
+
+# ----------------------------------------------------------- Ctrl-C at any point of the CLI
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (``SigCgt`` in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.08, 0.15, 0.25, 0.4, 0.6])
+def test_sigint_during_imports_or_argument_parsing_is_one_line_and_130(tmp_path, delay):
+    """Ctrl-C while the CLI imports typer / torch / transformers, parses its arguments or
+    builds the model: exit 130 and one ``interrupted`` line, never a KeyboardInterrupt
+    traceback (or an error a library raised from the half-done import it swallowed) nor
+    Click's ``Aborted!``. ``delay`` counts from the CLI's first statement (its SIGTERM
+    handler shows in /proc): the interpreter's own start-up before it runs no code of ours."""
+    proc = _start(*EVAL, "--limit", "24", "--batch-size", "2", "--output", str(tmp_path / "eval"))
+    try:
+        _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), "the CLI's first statement", timeout=30, proc=proc)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert rc == 130, err
+    assert "Traceback" not in err and "Aborted" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted"), err
