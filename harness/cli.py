@@ -269,8 +269,10 @@ def eval_cmd(
     _deterministic(deterministic)
     from .outdir import claim_output
 
-    claim_output(output, read_only_if="entry.json")  # before any model load
+    writable = claim_output(output, read_only_if="entry.json")  # before any model load
     ev = _module("evaluate", "eval")
+    if not writable:
+        ev.check_read_only_output(output)  # only a finished entry can be re-read from a read-only directory
     entry = ev.run_eval(model=model, task=task, sampler=sampler, sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
                         model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
                         limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,

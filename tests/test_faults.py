@@ -292,6 +292,32 @@ def test_read_only_output(tmp_path, read_only):
     assert (done / "samples.jsonl").read_bytes() == samples_bytes
 
 
+def test_read_only_unfinished_eval_is_refused_before_the_model_loads(tmp_path, read_only):
+    """A read-only directory whose entry is unfinished cannot be resumed there: exit 2, one
+    line, before any model load (an unknown model proves the order: its error would come
+    first otherwise), and the directory is left as it was."""
+    part = tmp_path / "part"
+    r = _cli(*EVAL, "--limit", "4", "--output", str(part))
+    assert r.returncode == 0, r.stderr
+    entry = json.loads((part / "entry.json").read_text())
+    entry["status"].update(state="partial", n_done=2, n_failed=2)  # as a run with failed batches leaves it
+    (part / "entry.json").write_text(json.dumps(entry))
+    before = {p.name: p.read_bytes() for p in part.iterdir()}
+    ro = read_only(part)
+    reason = os.strerror(30) if IS_ROOT else os.strerror(13)  # EROFS / EACCES
+    for model in ("no-such-model", "tiny-block-dlm"):
+        r = _cli("eval", "--model", model, "--task", "gsm8k_calc", "--sampler", "block-static", "--limit", "4",
+                 "--output", str(ro))
+        assert r.returncode == 2, r.stderr
+        _one_error_line(r.stderr, str(ro), reason, "unfinished run", "status partial, 2 of 4 samples")
+    (part / "entry.json").write_text("{not json")
+    before["entry.json"] = b"{not json"
+    r = _cli(*EVAL, "--limit", "4", "--output", str(ro))
+    assert r.returncode == 2, r.stderr
+    _one_error_line(r.stderr, str(ro), reason, "entry.json cannot be read")
+    assert {p.name: p.read_bytes() for p in part.iterdir()} == before
+
+
 @pytest.fixture
 def tiny_fs(tmp_path):
     """``mount(size)`` -> a fresh tmpfs of that size (a disk that fills up), ``resize(size)``
