@@ -54,6 +54,21 @@ class PluginError(BadInputError):
     """A plugin cannot be selected: unknown name, duplicate name, or failed import. Exit code 2."""
 
 
+class LocatedValueError(ValueError):
+    """A ``ValueError`` raised by a pydantic model validator that knows which field is at fault:
+    :func:`dllm_bench.registry.validate_config` reports it at ``loc`` (e.g. the file line of
+    ``("evaluations", 1, "model")``) instead of at the model's root.
+
+    Args:
+        message: what is wrong.
+        loc: the field's location (mapping keys / sequence indices).
+    """
+
+    def __init__(self, message: str, loc: tuple):
+        self.loc = tuple(loc)
+        super().__init__(message)
+
+
 class Interrupted(KeyboardInterrupt):
     """A termination signal (SIGTERM) turned into the same unwinding as Ctrl-C (SIGINT).
 

@@ -37,7 +37,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from rich.markup import escape
 
 from .console import console, stdout_console
-from .errors import BadInputError, RunFailedError
+from .errors import BadInputError, LocatedValueError, RunFailedError
 from .plugins import StrictModel
 from .schema import canonical_json, sha256_text
 
@@ -117,24 +117,39 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _ids_resolve(self) -> "Recipe":
-        known = {m.id for m in self.models}
-        if len(known) != len(self.models):
-            raise ValueError("duplicate model id")
-        for st in self.stages:
-            for ref in _refs(st.config):
+        """Every ``${id}`` and evaluation model names a declared or produced model, ids and labels
+        are unique, references name labels; each error is located at its field (its line in the
+        recipe file, :class:`~dllm_bench.errors.LocatedValueError`)."""
+        from .registry import did_you_mean
+
+        known: set[str] = set()
+        for i, m in enumerate(self.models):
+            if m.id in known:
+                raise LocatedValueError(f"duplicate model id {m.id!r}", ("models", i, "id"))
+            known.add(m.id)
+        for i, st in enumerate(self.stages):
+            for ref in sorted(_refs(st.config)):
                 if ref not in known and ref != "run_dir":
-                    raise ValueError(f"stage {st.name!r} refers to unknown model ${{{ref}}}")
+                    raise LocatedValueError(f"stage {st.name!r} refers to unknown model ${{{ref}}}"
+                                            f"{did_you_mean(ref, sorted(known))}",
+                                            ("stages", i, "config", *_ref_loc(st.config, ref)))
             if st.produces in known:
-                raise ValueError(f"stage {st.name!r} produces {st.produces!r}, which already exists")
+                raise LocatedValueError(f"stage {st.name!r} produces {st.produces!r}, which already exists",
+                                        ("stages", i, "produces"))
             known.add(st.produces)
-        labels = [e.label for e in self.evaluations]
-        if len(set(labels)) != len(labels):
-            raise ValueError("duplicate evaluation label")
-        for ev in self.evaluations:
+        labels: list[str] = []
+        for i, ev in enumerate(self.evaluations):
+            if ev.label in labels:
+                raise LocatedValueError(f"duplicate evaluation label {ev.label!r}", ("evaluations", i, "label"))
+            labels.append(ev.label)
+        for i, ev in enumerate(self.evaluations):
             if _model_id(ev.model) not in known:
-                raise ValueError(f"evaluation {ev.label!r} refers to unknown model {ev.model!r}")
+                raise LocatedValueError(f"evaluation {ev.label!r} refers to unknown model {ev.model!r}"
+                                        f"{did_you_mean(_model_id(ev.model), sorted(known))}",
+                                        ("evaluations", i, "model"))
             if ev.reference is not None and ev.reference not in labels:
-                raise ValueError(f"evaluation {ev.label!r}: reference {ev.reference!r} is not a label")
+                raise LocatedValueError(f"evaluation {ev.label!r}: reference {ev.reference!r} is not a label"
+                                        f"{did_you_mean(ev.reference, labels)}", ("evaluations", i, "reference"))
         return self
 
 
@@ -142,6 +157,17 @@ def _model_id(ref: str) -> str:
     """An evaluation's model reference, ``id`` or ``${id}``, as the bare id."""
     m = _REF.fullmatch(ref)
     return m.group(1) if m else ref
+
+
+def _ref_loc(obj: Any, ref: str) -> tuple:
+    """The location (keys / indices) inside ``obj`` of the first string that uses ``${ref}``."""
+    if isinstance(obj, str):
+        return ()
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        if ref in _refs(v):
+            return (k, *_ref_loc(v, ref))
+    return ()
 
 
 def _refs(obj: Any) -> set[str]:

@@ -195,6 +195,51 @@ def test_recipe_model_spec_checked_at_its_line(ckpts, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+RECIPE_IDS = """name: ids
+models:
+  - id: base
+    spec: tiny-ar
+stages:
+  - name: s1
+    trainer: sft
+    produces: m1
+    config:
+      task: gsm8k_calc_train
+      model: ${base}
+      max_steps: 1
+evaluations:
+  - label: a
+    model: base
+    task: gsm8k
+    sampler: ar
+  - label: b
+    model: m1
+    task: gsm8k
+    sampler: ar
+    reference: a
+"""
+
+
+@pytest.mark.parametrize("old,new,line,needles", [
+    ("model: m1", "model: m2", 19, ["evaluation 'b' refers to unknown model 'm2'", "did you mean 'm1'"]),
+    ("model: ${base}", "model: ${bsae}", 11, ["stage 's1' refers to unknown model ${bsae}", "did you mean 'base'"]),
+    ("label: b", "label: a", 18, ["duplicate evaluation label 'a'"]),
+    ("reference: a", "reference: c", 22, ["reference 'c' is not a label"]),
+    ("produces: m1", "produces: base", 8, ["produces 'base', which already exists"]),
+], ids=["eval-model", "stage-ref", "duplicate-label", "reference", "produces"])
+def test_recipe_model_id_errors_name_their_line(tmp_path, old, new, line, needles):
+    """Errors found across fields (an unknown model id, a duplicate label) name the recipe file
+    and the line of the field at fault, not line 1, and nothing is written."""
+    rec = tmp_path / "r.yaml"
+    assert old in RECIPE_IDS
+    rec.write_text(RECIPE_IDS.replace(old, new, 1))
+    for args in (["--dry-run"], ["--output", str(tmp_path / "out")]):
+        r = cli("run", str(rec), *args, cwd=tmp_path)
+        text = one_line(r, f"{rec}:{line}:", *needles)
+        assert "Value error" not in text
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- nothing written before validation
 def test_train_validation_failure_writes_nothing_and_rerun_works(ckpts, tmp_path):
     run = tmp_path / "run"
