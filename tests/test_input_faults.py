@@ -258,6 +258,34 @@ def test_train_validation_failure_writes_nothing_and_rerun_works(ckpts, tmp_path
     assert json.loads(r.stdout)["steps"] == 1
 
 
+def test_train_error_that_needs_the_model_writes_no_config_and_a_corrected_rerun_runs(tmp_path):
+    """A config that fails only once the model is loaded (no example fits max_prompt_tokens
+    under the model's tokenizer) leaves no config.json, so the corrected re-run is not refused
+    as "a run with a different config"; a config.json left by an attempt that saved no
+    checkpoint does not block either; one next to a checkpoint still does."""
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**SFT, "max_prompt_tokens": 1}))
+    args = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(run), "--json"]
+    r = cli(*args, cwd=tmp_path)
+    one_line(r, "no example fits max_prompt_tokens=1")
+    assert tree(run) == []
+    run.mkdir()  # what an attempt stopped before its first checkpoint leaves
+    (run / "config.json").write_text(json.dumps({"trainer": "sft", "config": {**SFT, "max_prompt_tokens": 1}}))
+    cfg.write_text(yaml.safe_dump({**SFT, "max_steps": 2, "save_every": 1}))
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["steps"] == 2
+    assert json.loads((run / "config.json").read_text())["config"]["max_steps"] == 2
+    # killed after its last checkpoint, before the final weights: a different config is refused
+    shutil.rmtree(run / "final")
+    (run / "result.json").unlink()
+    cfg.write_text(yaml.safe_dump({**SFT, "max_steps": 3, "save_every": 1}))
+    before = tree(run)
+    one_line(cli(*args, cwd=tmp_path), "holds a run with a different config", "max_steps")
+    assert tree(run) == before and json.loads((run / "config.json").read_text())["config"]["max_steps"] == 2
+
+
 # ---------------------------------------------------------------- the right option is blamed
 def test_set_and_model_arg_errors_name_their_option(tmp_path):
     cfg = tmp_path / "c.yaml"
