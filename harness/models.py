@@ -514,15 +514,27 @@ class ModelAdapter:
 
         Returns:
             the directory.
+
+        Raises:
+            OSError: a file could not be written (no space, read-only, ...), naming the file
+                (safetensors' own I/O error is turned into the OSError it reports).
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(d, safe_serialization=True)
+        try:
+            self.model.save_pretrained(d, safe_serialization=True)
+        except Exception as exc:  # noqa: BLE001 - safetensors reports I/O errors as its own type
+            os_exc = os_error_of(exc, d / "model.safetensors")
+            if os_exc is None:
+                raise
+            raise os_exc from None
         self.tokenizer.save_pretrained(d)
         meta = self.sidecar()
         if training is not None:
             meta["training"] = training
-        (d / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        from .outdir import write_atomic
+
+        write_atomic(d / SIDECAR, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return d
 
     def clone(self) -> "ModelAdapter":
@@ -531,6 +543,21 @@ class ModelAdapter:
 
 
 # ----------------------------------------------------------------------------- loading
+def os_error_of(exc: BaseException, path: str | Path) -> OSError | None:
+    """``exc`` as an :class:`OSError` naming ``path`` when it is one, or a library's I/O error that
+    carries an errno (safetensors' ``SafetensorError`` / ``RuntimeError``: "... (os error 28)");
+    else None."""
+    import re
+
+    if isinstance(exc, OSError):
+        return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, str(path))
+    m = re.search(r"os error (\d+)", str(exc))
+    if m and (isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError"):
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    return None
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

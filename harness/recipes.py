@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,7 @@ from rich.markup import escape
 
 from .console import console, stdout_console
 from .errors import BadInputError, LocatedValueError, RunFailedError
+from .outdir import write_atomic
 from .plugins import StrictModel
 from .schema import canonical_json, sha256_text
 
@@ -338,23 +340,25 @@ def run_recipe(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     Raises:
         BadInputError: the recipe does not validate (:func:`plan`).
         RunFailedError: a stage or an evaluation failed (finished work is kept).
+        OSError: a file of the run could not be written (a full disk, ...), naming it; a
+            half-written model directory is removed (the re-run builds it again).
     """
     import random
 
     import torch
 
-    if recipe.torch_threads:
-        torch.set_num_threads(recipe.torch_threads)
     if recipe.wants_deterministic():
         from . import determinism
 
-        determinism.after_import(recipe.threads)
+        determinism.after_import(recipe.threads)  # sets torch's threads (torch_threads, else 1)
+    elif recipe.torch_threads:
+        torch.set_num_threads(recipe.torch_threads)
     if recipe.gpu_required:
         if not torch.cuda.is_available():
             raise RunFailedError(f"recipe {recipe.name!r} needs a CUDA GPU; use --dry-run to print its plan")
     steps = plan(recipe, run_dir)  # everything validated before the run directory is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     summary: dict[str, Any] = {"recipe": recipe.name, "run_dir": str(run_dir), "stages": [], "entries": [],
                                "skipped": []}
     t0 = time.time()
@@ -367,7 +371,7 @@ def run_recipe(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
         elif step["step"] == "eval":
             _evaluate(recipe, step, run_dir, summary)
     summary["wall_s"] = round(time.time() - t0, 1)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -383,8 +387,12 @@ def _build_model(recipe: Recipe, step: dict, summary: dict) -> None:
     console.print("[bold]model[/] " + escape(f"{m.id}: building {m.spec} {m.args}"))
     args = {"init_seed": recipe.seed, **m.args}
     adapter = load_model(m.spec, **args)
-    adapter.save(path)
-    (path / "DONE.json").write_text(json.dumps({"digest": digest, "num_parameters": adapter.num_parameters}))
+    try:
+        adapter.save(path)
+        write_atomic(path / "DONE.json", json.dumps({"digest": digest, "num_parameters": adapter.num_parameters}))
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # a half-written model directory is rebuilt on re-run anyway
+        raise
 
 
 def _train(step: dict, run_dir: Path, summary: dict) -> None:

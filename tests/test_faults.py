@@ -392,6 +392,36 @@ def test_disk_full_during_training_exits_1_keeps_the_last_checkpoint_then_resume
     assert json.loads(again.stdout)["steps"] == overrides["max_steps"]
 
 
+FULL_RECIPE = """name: full
+models:
+  - id: base
+    spec: tiny-ar
+    args: {hidden_size: 128, num_layers: 4, num_heads: 4, num_kv_heads: 2, intermediate_size: 512}
+evaluations:
+  - {label: a, model: base, task: gsm8k_calc, sampler: ar, limit: 2, sampler_args: {max_new_tokens: 8}}
+"""
+
+
+def test_disk_full_while_run_builds_its_model_exits_1_and_leaves_no_partial_file(tmp_path, tiny_fs):
+    """``run``'s model-build step on a full disk (the ~4 MiB model does not fit a 2 MiB tmpfs):
+    one line naming the weights file and ENOSPC, exit 1, no traceback, no half-written model
+    directory or empty file; with space freed the same command completes."""
+    rec = tmp_path / "full.yaml"
+    rec.write_text(FULL_RECIPE)
+    out = tiny_fs.mount("2m") / "run"
+    r = _cli("run", str(rec), "--output", str(out))
+    assert r.returncode == 1, r.stderr
+    _one_error_line(r.stderr, f"{out / 'models' / 'base' / 'model.safetensors'}: {os.strerror(28)}",
+                    f"saved in {out}", "re-run the same command to resume")
+    assert not (out / "models" / "base").exists()
+    left = [p for p in out.rglob("*") if p.is_file() and p.name != LOCK]
+    assert [p.name for p in left] == ["recipe.yaml"] and left[0].stat().st_size > 0, left
+    tiny_fs.resize("16m")
+    again = _cli("run", str(rec), "--output", str(out))
+    assert again.returncode == 0, again.stderr
+    assert (out / "models" / "base" / "DONE.json").is_file() and (out / "evals" / "a" / "entry.json").is_file()
+
+
 def _fill(directory: Path) -> None:
     """Fill the file system of ``directory`` with one file, until it reports no space."""
     fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
