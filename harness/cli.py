@@ -23,7 +23,8 @@ import typer
 
 from . import __version__
 from .console import console, disable_progress, print_line, setup_logging, stdout_console
-from .errors import BadInputError, DllmBenchError, Interrupted, interrupt_in
+from .errors import (BadInputError, DllmBenchError, Interrupted, exit_on_signal, interrupt_in, note_signal,
+                     signal_received)
 
 app = typer.Typer(
     name="dllm-bench",
@@ -60,7 +61,8 @@ def handle_errors(fn: Callable | None = None, *, saved: str | None = None) -> Ca
       it hits the claimed output directory midway (or the disk is full) — the line says what
       is saved and to re-run —, else exit 2 (an unusable path the user gave);
     - SIGINT / SIGTERM (:class:`KeyboardInterrupt`, :class:`~dllm_bench.errors.Interrupted`),
-      also when a cleanup it started raised another error: exit 130 / 143 with what is saved.
+      also when a cleanup it started raised another error, or any error raised after the
+      process received one of them: exit 130 / 143 with what is saved.
 
     Args:
         saved: what a re-run resumes from, for the interrupt and failure lines (e.g.
@@ -74,18 +76,17 @@ def handle_errors(fn: Callable | None = None, *, saved: str | None = None) -> Ca
         global _in_command
         _in_command = True
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except (typer.Exit, SystemExit):
-            raise
+            if signal_received() is None:
+                raise
+            _report_interrupt(None, saved)
         except BaseException as exc:  # noqa: BLE001 - mapped below, anything else re-raised
             intr = interrupt_in(exc)
-            if intr is not None:
-                signum = getattr(intr, "signum", signal.SIGINT)
-                if saved:
-                    print_line("interrupted:", f"{saved}; re-run the same command to resume")
-                else:
-                    print_line("interrupted", "")
-                raise typer.Exit(128 + int(signum)) from None
+            if intr is not None or signal_received() is not None:
+                # an error after a signal is its consequence (a library that swallowed the
+                # KeyboardInterrupt of a half-done import fails later): reported as the interrupt
+                _report_interrupt(intr, saved)
             if isinstance(exc, DllmBenchError):
                 print_line("error:", str(exc))
                 raise typer.Exit(exc.exit_code) from None
@@ -94,8 +95,25 @@ def handle_errors(fn: Callable | None = None, *, saved: str | None = None) -> Ca
                 print_line("error:", line)
                 raise typer.Exit(code) from None
             raise
+        if signal_received() is not None:  # a library swallowed the interrupt and the command went on
+            _report_interrupt(None, saved)
+        return result
 
     return wrapper
+
+
+def _report_interrupt(intr: KeyboardInterrupt | None, saved: str | None) -> None:
+    """Print the interrupt line and exit 130 / 143 (the signal of ``intr``, else the one received).
+
+    Raises:
+        typer.Exit: always, with code ``128 + signum``.
+    """
+    signum = getattr(intr, "signum", None) or signal_received() or signal.SIGINT
+    if saved:
+        print_line("interrupted:", f"{saved}; re-run the same command to resume")
+    else:
+        print_line("interrupted", "")
+    raise typer.Exit(128 + int(signum)) from None
 
 
 def _os_error_line(exc: OSError, saved: str | None) -> tuple[int, str]:
@@ -300,8 +318,10 @@ def eval_cmd(
         return
     from .outdir import claim_output
 
-    claim_output(output, read_only_if="entry.json")  # before any model load
+    writable = claim_output(output, read_only_if="entry.json")  # before any model load
     ev = _module("evaluate", "eval")
+    if not writable:
+        ev.check_read_only_output(output)  # only a finished entry can be re-read from a read-only directory
     entry = ev.run_eval(model=model, task=task, sampler=sampler, sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
                         model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
                         limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
@@ -518,19 +538,29 @@ def schema_cmd(
 
 def main() -> None:
     """Console-script entry point (the only caller allowed to re-execute the process for
-    deterministic mode, :func:`dllm_bench.determinism.enter`)."""
+    deterministic mode, :func:`dllm_bench.determinism.enter`).
+
+    SIGINT and SIGTERM go through :func:`_on_signal` (an inherited SIG_IGN for SIGINT, as in
+    a background job, is kept); :mod:`dllm_bench.__main__` installs one-line handlers even
+    earlier, before this module's imports.
+    """
     from . import determinism
 
     determinism.allow_reexec()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     app()
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM unwinds like Ctrl-C (finished work is kept); the CLI then exits 143. Outside a
-    command body (argument parsing, a command without :func:`handle_errors`) it exits 143 at once."""
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT / SIGTERM inside a command body unwind like Ctrl-C (:class:`Interrupted`, finished
+    work is kept and :func:`handle_errors` reports it; exit 130 / 143). Outside one (argument
+    parsing, a command without :func:`handle_errors`) they print one ``interrupted`` line and
+    exit 130 / 143 at once: never Click's ``Aborted!`` nor a traceback."""
+    note_signal(signum)
     if not _in_command:
-        raise SystemExit(128 + signum)
+        exit_on_signal(signum)
     raise Interrupted(signum)
 
 

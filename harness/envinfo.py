@@ -129,8 +129,8 @@ def device_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         n = torch.cuda.device_count()
         cap = torch.cuda.get_device_capability(0)
-        info["gpu"] = {"name": torch.cuda.get_device_name(0), "count": n,
-                       "names": sorted({torch.cuda.get_device_name(i) for i in range(n)}),
+        names = [torch.cuda.get_device_name(i) for i in range(n)]  # each device queried once
+        info["gpu"] = {"name": names[0], "count": n, "names": sorted(set(names)),
                        "driver": _nvidia_driver(), "cuda": torch.version.cuda,
                        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
                        "compute_capability": f"{cap[0]}.{cap[1]}"}
@@ -167,7 +167,8 @@ def collect(with_torch: bool = True) -> dict:
     if with_torch and info["libraries"]["torch"]:
         from .determinism import report
 
-        info["gpu"] = gpu_name()
-        info["device"] = device_info()
+        dev = device_info()  # queries the GPU once; its name is repeated at the top level
+        info["gpu"] = dev["gpu"]["name"] if dev["gpu"] else None
+        info["device"] = dev
         info["determinism"] = report()
     return info

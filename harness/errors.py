@@ -10,6 +10,7 @@ Exit codes (the CLI contract):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -53,6 +54,21 @@ class PluginError(BadInputError):
     """A plugin cannot be selected: unknown name, duplicate name, or failed import. Exit code 2."""
 
 
+class LocatedValueError(ValueError):
+    """A ``ValueError`` raised by a pydantic model validator that knows which field is at fault:
+    :func:`dllm_bench.registry.validate_config` reports it at ``loc`` (e.g. the file line of
+    ``("evaluations", 1, "model")``) instead of at the model's root.
+
+    Args:
+        message: what is wrong.
+        loc: the field's location (mapping keys / sequence indices).
+    """
+
+    def __init__(self, message: str, loc: tuple):
+        self.loc = tuple(loc)
+        super().__init__(message)
+
+
 class Interrupted(KeyboardInterrupt):
     """A termination signal (SIGTERM) turned into the same unwinding as Ctrl-C (SIGINT).
 
@@ -79,3 +95,30 @@ def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+_received: list[int] = []  # SIGINT / SIGTERM numbers this process received (note_signal)
+
+
+def note_signal(signum: int) -> None:
+    """Record that this process received ``signum`` (see :func:`signal_received`)."""
+    _received.append(int(signum))
+
+
+def signal_received() -> int | None:
+    """The first SIGINT / SIGTERM this process received through the CLI's handlers, else None:
+    a library that swallows the resulting exception cannot make an interrupted run look
+    finished or failed for another reason."""
+    return _received[0] if _received else None
+
+
+def exit_on_signal(signum: int, frame: object = None) -> None:
+    """Signal handler for SIGINT / SIGTERM outside a command body (imports, argument parsing):
+    one ``interrupted`` line on stderr, then exit ``128 + signum`` (130 / 143).
+
+    Raises:
+        SystemExit: always, with code ``128 + signum``.
+    """
+    note_signal(signum)
+    os.write(2, b"interrupted\n")  # async-signal-safe: no buffered stream is re-entered
+    raise SystemExit(128 + signum)

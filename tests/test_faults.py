@@ -227,6 +227,145 @@ def test_sigterm_during_train_says_checkpoints_are_saved_then_resumes(tmp_path):
     assert metrics.splitlines()[0] == (out / "metrics.jsonl").read_text().splitlines()[0]
 
 
+# ------------------------------------------------ SIGKILL at random points, invariants
+RESULT_FIELDS = ("prompt_sha256", "completion", "extracted", "correct", "score", "seed", "details")
+
+
+def assert_eval_invariants(out: Path, ref: Path) -> None:
+    """What a killed-and-resumed eval in ``out`` must share with the uninterrupted run in ``ref``:
+    every (doc_id, sample_index) exactly once and nothing else, each sample's result identical
+    (prompt, completion, verdict, seed; costs such as wall time may differ), the same
+    run identity and final metrics, a complete entry whose samples digest is the file's, whole
+    lines only, no ``.tmp`` file left and a lock file holding one PID (the last writer's)."""
+    from dllm_bench.schema import sha256_file
+
+    raw = (out / "samples.jsonl").read_bytes()
+    assert raw.endswith(b"\n"), "a partial last line was left"
+    got, want = _records(out / "samples.jsonl"), _records(ref / "samples.jsonl")
+    keys = [(r["doc_id"], r["sample_index"]) for r in got]
+    assert len(keys) == len(set(keys)), "a sample was recorded twice"
+    want_by_key = {(r["doc_id"], r["sample_index"]): r for r in want}
+    assert set(keys) == set(want_by_key), "samples lost or foreign samples recorded"
+    for r in got:
+        w = want_by_key[(r["doc_id"], r["sample_index"])]
+        for f in RESULT_FIELDS:
+            assert r[f] == w[f], (r["doc_id"], r["sample_index"], f, r[f], w[f])
+    assert json.loads((out / "run.json").read_text()) == json.loads((ref / "run.json").read_text())
+    entry, ref_entry = json.loads((out / "entry.json").read_text()), json.loads((ref / "entry.json").read_text())
+    assert entry["status"]["state"] == "complete" and entry["status"]["n_done"] == len(want)
+    assert entry["metrics"] == ref_entry["metrics"]
+    assert entry["key_digest"] == ref_entry["key_digest"] and entry["entry_id"] == ref_entry["entry_id"]
+    assert entry["samples"]["sha256"] == sha256_file(out / "samples.jsonl")
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert (out / LOCK).read_text().split()[0].isdigit()
+
+
+def _newest_checkpoint_step(out: Path) -> int:
+    steps = [int(p.parent.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*/COMPLETE")]
+    return max(steps, default=0)
+
+
+def _kill_at(args: list[str], out: Path, *, lines: int | None = None, delay: float | None = None,
+             step: int | None = None) -> int:
+    """Start the CLI with ``args``, SIGKILL it once ``out/samples.jsonl`` has ``lines`` lines, or
+    ``out`` has a complete checkpoint of step ``step`` or later, or after ``delay`` seconds;
+    returns its exit status (``-9``, or 0 when it finished first)."""
+    proc = _start(*args)
+    try:
+        if delay is not None:
+            t0 = time.time()
+            while time.time() - t0 < delay and proc.poll() is None:
+                time.sleep(0.01)
+        elif lines is not None:
+            _wait_for(lambda: _n_lines(out / "samples.jsonl") >= lines or proc.poll() is not None,
+                      f"{lines} sample lines")
+        else:
+            _wait_for(lambda: _newest_checkpoint_step(out) >= step or proc.poll() is not None,
+                      f"the checkpoint of step {step}")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
+
+
+def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_eval(tmp_path):
+    """An eval SIGKILLed at points drawn from a seeded RNG (after N finished samples, or after a
+    random delay: during start-up, model build or a batch), re-run after each kill, ends
+    exactly like the uninterrupted run (:func:`assert_eval_invariants`); records saved before
+    a kill are never rewritten (the file only grows by whole lines)."""
+    import random
+
+    args = [*EVAL, "--limit", "8", "--samples", "2", "--batch-size", "2"]
+    ref = tmp_path / "ref"
+    r = _cli(*args, "--output", str(ref))
+    assert r.returncode == 0, r.stderr
+    n = len(_records(ref / "samples.jsonl"))
+    assert n == 16
+    rng = random.Random(15)
+    points = [{"delay": round(rng.uniform(0.3, 2.5), 2)}] + [{"lines": k} for k in sorted(rng.sample(range(1, n), 3))]
+    out = tmp_path / "out"
+    run = [*args, "--output", str(out)]
+    kept = b""
+    killed = 0
+    for point in points:
+        rc = _kill_at(run, out, **point)
+        killed += rc == -signal.SIGKILL
+        saved = (out / "samples.jsonl").read_bytes() if (out / "samples.jsonl").exists() else b""
+        assert saved.startswith(kept), f"records written before an earlier kill changed ({point})"
+        kept = saved[: saved.rfind(b"\n") + 1]
+    assert killed >= 3, "the runs must really be killed midway for this test to mean anything"
+    r = _cli(*run)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert (out / "samples.jsonl").read_bytes().startswith(kept)
+    assert_eval_invariants(out, ref)
+
+
+def assert_train_invariants(out: Path, ref: Path) -> None:
+    """What a killed-and-resumed training run in ``out`` must share with the uninterrupted run in
+    ``ref`` (resume is exact, :mod:`dllm_bench.trainers.base`): bit-identical final weights,
+    the same logged loss / grad norm / lr at every step, each step logged once, the same
+    config, a result, no ``.tmp`` file and no checkpoint directory without its COMPLETE marker."""
+    from safetensors.torch import load_file
+
+    got, want = load_file(out / "final" / "model.safetensors"), load_file(ref / "final" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].equal(want[k]), f"weight {k} differs from the uninterrupted run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows], "a step lost or logged twice"
+    for r, w in zip(rows, ref_rows):
+        for f in ("loss", "grad_norm", "lr", "target_tokens"):
+            assert r[f] == w[f], (r["step"], f, r[f], w[f])
+    assert json.loads((out / "config.json").read_text()) == json.loads((ref / "config.json").read_text())
+    assert json.loads((out / "result.json").read_text())["steps"] == json.loads((ref / "result.json").read_text())["steps"]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert all((p / "COMPLETE").is_file() for p in (out / "checkpoints").glob("step-*"))
+
+
+def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_training(tmp_path):
+    """SFT SIGKILLed at points drawn from a seeded RNG (once the checkpoint of a drawn step is
+    complete, or after a random delay), re-run after each kill, ends bit-identical to the uninterrupted run
+    (:func:`assert_train_invariants`)."""
+    import random
+
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump({**SFT_CFG, "max_steps": 16, "save_every": 2, "keep_checkpoints": 2}))
+    ref = tmp_path / "ref"
+    r = _cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(ref))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    run = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(out)]
+    rng = random.Random(15)
+    points = [{"step": 2 * k} for k in sorted(rng.sample(range(1, 7), 2))] + [{"delay": round(rng.uniform(2.0, 4.0), 2)}]
+    killed = sum(_kill_at(run, out, **point) == -signal.SIGKILL for point in points)
+    assert killed >= 2, "the runs must really be killed midway for this test to mean anything"
+    r = _cli(*run)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert_train_invariants(out, ref)
+
+
 # ----------------------------------------------------------------------- unusable outputs
 def test_output_that_is_a_file_or_under_a_file_exits_2_before_loading_a_model(tmp_path):
     f = tmp_path / "afile"
@@ -290,6 +429,32 @@ def test_read_only_output(tmp_path, read_only):
     _one_error_line(r.stderr, str(ro / "lb"), reason)
     assert (done / "entry.json").read_bytes() == entry_bytes
     assert (done / "samples.jsonl").read_bytes() == samples_bytes
+
+
+def test_read_only_unfinished_eval_is_refused_before_the_model_loads(tmp_path, read_only):
+    """A read-only directory whose entry is unfinished cannot be resumed there: exit 2, one
+    line, before any model load (an unknown model proves the order: its error would come
+    first otherwise), and the directory is left as it was."""
+    part = tmp_path / "part"
+    r = _cli(*EVAL, "--limit", "4", "--output", str(part))
+    assert r.returncode == 0, r.stderr
+    entry = json.loads((part / "entry.json").read_text())
+    entry["status"].update(state="partial", n_done=2, n_failed=2)  # as a run with failed batches leaves it
+    (part / "entry.json").write_text(json.dumps(entry))
+    before = {p.name: p.read_bytes() for p in part.iterdir()}
+    ro = read_only(part)
+    reason = os.strerror(30) if IS_ROOT else os.strerror(13)  # EROFS / EACCES
+    for model in ("no-such-model", "tiny-block-dlm"):
+        r = _cli("eval", "--model", model, "--task", "gsm8k_calc", "--sampler", "block-static", "--limit", "4",
+                 "--output", str(ro))
+        assert r.returncode == 2, r.stderr
+        _one_error_line(r.stderr, str(ro), reason, "unfinished run", "status partial, 2 of 4 samples")
+    (part / "entry.json").write_text("{not json")
+    before["entry.json"] = b"{not json"
+    r = _cli(*EVAL, "--limit", "4", "--output", str(ro))
+    assert r.returncode == 2, r.stderr
+    _one_error_line(r.stderr, str(ro), reason, "entry.json cannot be read")
+    assert {p.name: p.read_bytes() for p in part.iterdir()} == before
 
 
 @pytest.fixture
@@ -366,6 +531,36 @@ def test_disk_full_during_training_exits_1_keeps_the_last_checkpoint_then_resume
     assert json.loads(again.stdout)["steps"] == overrides["max_steps"]
 
 
+FULL_RECIPE = """name: full
+models:
+  - id: base
+    spec: tiny-ar
+    args: {hidden_size: 128, num_layers: 4, num_heads: 4, num_kv_heads: 2, intermediate_size: 512}
+evaluations:
+  - {label: a, model: base, task: gsm8k_calc, sampler: ar, limit: 2, sampler_args: {max_new_tokens: 8}}
+"""
+
+
+def test_disk_full_while_run_builds_its_model_exits_1_and_leaves_no_partial_file(tmp_path, tiny_fs):
+    """``run``'s model-build step on a full disk (the ~4 MiB model does not fit a 2 MiB tmpfs):
+    one line naming the weights file and ENOSPC, exit 1, no traceback, no half-written model
+    directory or empty file; with space freed the same command completes."""
+    rec = tmp_path / "full.yaml"
+    rec.write_text(FULL_RECIPE)
+    out = tiny_fs.mount("2m") / "run"
+    r = _cli("run", str(rec), "--output", str(out))
+    assert r.returncode == 1, r.stderr
+    _one_error_line(r.stderr, f"{out / 'models' / 'base' / 'model.safetensors'}: {os.strerror(28)}",
+                    f"saved in {out}", "re-run the same command to resume")
+    assert not (out / "models" / "base").exists()
+    left = [p for p in out.rglob("*") if p.is_file() and p.name != LOCK]
+    assert [p.name for p in left] == ["recipe.yaml"] and left[0].stat().st_size > 0, left
+    tiny_fs.resize("16m")
+    again = _cli("run", str(rec), "--output", str(out))
+    assert again.returncode == 0, again.stderr
+    assert (out / "models" / "base" / "DONE.json").is_file() and (out / "evals" / "a" / "entry.json").is_file()
+
+
 def _fill(directory: Path) -> None:
     """Fill the file system of ``directory`` with one file, until it reports no space."""
     fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
@@ -416,3 +611,37 @@ def test_markup_in_a_path_is_printed_verbatim(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"wrote markdown: {tmp_path / 'lb[/x]' / 'README.md'}" in r.stderr
 
+
+
+# ----------------------------------------------------------- Ctrl-C at any point of the CLI
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (``SigCgt`` in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.08, 0.15, 0.25, 0.4, 0.6])
+def test_sigint_during_imports_or_argument_parsing_is_one_line_and_130(tmp_path, delay):
+    """Ctrl-C while the CLI imports typer / torch / transformers, parses its arguments or
+    builds the model: exit 130 and one ``interrupted`` line, never a KeyboardInterrupt
+    traceback (or an error a library raised from the half-done import it swallowed) nor
+    Click's ``Aborted!``. ``delay`` counts from the CLI's first statement (its SIGTERM
+    handler shows in /proc): the interpreter's own start-up before it runs no code of ours."""
+    proc = _start(*EVAL, "--limit", "24", "--batch-size", "2", "--output", str(tmp_path / "eval"))
+    try:
+        _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), "the CLI's first statement", timeout=30, proc=proc)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert rc == 130, err
+    assert "Traceback" not in err and "Aborted" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted"), err

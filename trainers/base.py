@@ -632,7 +632,15 @@ class Engine:
         return f"{d}: cannot write {what}: {reason}; {kept}; fix this and re-run the same command to resume"
 
     def resume(self) -> int:
-        """Load the newest complete checkpoint (if any); returns the step to continue from."""
+        """Record the config (:func:`write_config`: the trainer calls this after its checks that
+        need the loaded model), then load the newest complete checkpoint (if any); returns the
+        step to continue from.
+
+        Raises:
+            BadInputError: the run directory holds trained state of a run with another config.
+        """
+        if self.is_main:
+            write_config(self.run_dir, self.trainer, self.cfg)
         ck = self.latest_checkpoint()
         if ck is None:  # a run killed before its first checkpoint starts over: drop its log lines
             self._truncate_metrics(0)
@@ -728,32 +736,75 @@ class Engine:
         return result
 
 
-def write_config(run_dir: Path, trainer: str, cfg: StrictModel) -> None:
-    """Record the validated config; refuse to resume a run started with another config."""
+def _has_trained_state(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds something a re-run resumes from: a complete checkpoint or final weights."""
+    d = Path(run_dir)
+    return (d / "final").is_dir() or any((d / "checkpoints").glob("step-*/COMPLETE"))
+
+
+def check_config(run_dir: Path, trainer: str, cfg: StrictModel) -> None:
+    """Refuse to resume a run started with another config (checked before the model loads).
+
+    A ``config.json`` that differs is only a conflict when ``run_dir`` holds trained state (a
+    complete checkpoint or final weights): resuming from it would mix two configs. Without
+    any (the earlier attempt stopped before its first checkpoint, e.g. its config failed a
+    check that needs the loaded model) there is nothing to resume and the new config is
+    accepted: :func:`write_config` replaces the old one and training starts over.
+
+    Raises:
+        BadInputError: ``run_dir`` holds trained state of a run with a different config
+            (naming the differing fields).
+    """
     p = Path(run_dir) / "config.json"
+    if not p.is_file() or not _has_trained_state(run_dir):
+        return
     data = {"trainer": trainer, "config": cfg.model_dump(mode="json")}
-    if p.is_file():
-        try:
-            old = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old and old != data:
-            diff = sorted(k for k in set(old.get("config", {})) | set(data["config"])
-                          if old.get("config", {}).get(k) != data["config"].get(k))
-            raise BadInputError(f"run directory {run_dir} holds a run with a different config (fields: "
-                                f"{', '.join(diff) or 'trainer'}); use another --output or delete it")
+    try:
+        old = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = None
+    if old and old != data:
+        diff = sorted(k for k in set(old.get("config", {})) | set(data["config"])
+                      if old.get("config", {}).get(k) != data["config"].get(k))
+        raise BadInputError(f"run directory {run_dir} holds a run with a different config (fields: "
+                            f"{', '.join(diff) or 'trainer'}); use another --output or delete it")
+
+
+def write_config(run_dir: Path, trainer: str, cfg: StrictModel) -> None:
+    """Record the validated config in ``run_dir/config.json``.
+
+    :meth:`Engine.resume` calls it, i.e. only after the trainer loaded the model and passed
+    its checks that need it (a mode the model's family cannot train, no example fitting
+    the token limits, ...): a config failing them leaves nothing in ``run_dir``, and the
+    corrected re-run starts cleanly. A differing config is accepted when ``run_dir`` holds
+    no trained state (:func:`check_config`).
+
+    Raises:
+        BadInputError: ``run_dir`` holds trained state of a run with a different config.
+        OSError: the file could not be written.
+    """
+    check_config(run_dir, trainer, cfg)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    data = {"trainer": trainer, "config": cfg.model_dump(mode="json")}
+    from dllm_bench.outdir import write_atomic
+
+    write_atomic(Path(run_dir) / "config.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def open_run(trainer: str, cfg: TrainConfig, run_dir: Path,
              ds_models: tuple[str, ...] = ("policy",)) -> "Engine | TrainResult":
     """Start (or resume) a run: the stored :class:`TrainResult` when ``run_dir`` holds a
-    finished run, else a new :class:`Engine` after recording the config and seeding."""
+    finished run, else a new :class:`Engine` after checking the config against the run's
+    (:func:`check_config`) and seeding. ``config.json`` is written later, by
+    :meth:`Engine.resume`, once the trainer's model-dependent checks have passed.
+
+    Raises:
+        BadInputError: ``run_dir`` holds trained state of a run with a different config.
+    """
     done = finished_result(run_dir)
     if done is not None:
         return done
-    write_config(run_dir, trainer, cfg)
+    check_config(run_dir, trainer, cfg)
     seed_everything(cfg.seed)
     return Engine(cfg, run_dir, trainer, ds_models=ds_models)
 
