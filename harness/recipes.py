@@ -66,7 +66,8 @@ class StageDecl(StrictModel):
 
 
 class EvalDecl(StrictModel):
-    label: str = Field(description="Row label in the leaderboard (unique within the recipe)")
+    label: str = Field(description="Row label in the leaderboard: one system evaluated on several tasks keeps one "
+                       "label (one row, a cell per task); (label, task) is unique within the recipe")
     model: str = Field(description="Model id (or spec)")
     task: str
     sampler: str
@@ -140,19 +141,30 @@ class Recipe(StrictModel):
                                         ("stages", i, "produces"))
             known.add(st.produces)
         labels: list[str] = []
+        seen: set[tuple[str, str]] = set()
         for i, ev in enumerate(self.evaluations):
-            if ev.label in labels:
-                raise LocatedValueError(f"duplicate evaluation label {ev.label!r}", ("evaluations", i, "label"))
+            if (ev.label, ev.task) in seen:
+                raise LocatedValueError(f"duplicate evaluation label {ev.label!r} for task {ev.task!r}",
+                                        ("evaluations", i, "label"))
+            seen.add((ev.label, ev.task))
             labels.append(ev.label)
         for i, ev in enumerate(self.evaluations):
             if _model_id(ev.model) not in known:
                 raise LocatedValueError(f"evaluation {ev.label!r} refers to unknown model {ev.model!r}"
                                         f"{did_you_mean(_model_id(ev.model), sorted(known))}",
                                         ("evaluations", i, "model"))
-            if ev.reference is not None and ev.reference not in labels:
-                raise LocatedValueError(f"evaluation {ev.label!r}: reference {ev.reference!r} is not a label"
+            if ev.reference is not None and (ev.reference, ev.task) not in seen:
+                raise LocatedValueError(f"evaluation {ev.label!r}: reference {ev.reference!r} is not a label "
+                                        f"on task {ev.task!r}"
                                         f"{did_you_mean(ev.reference, labels)}", ("evaluations", i, "reference"))
         return self
+
+
+def eval_dirname(recipe: Recipe, ev: EvalDecl) -> str:
+    """An evaluation's directory under ``evals/``: the label's slug, with the task appended
+    when the recipe uses that label on more than one task."""
+    tasks = {e.task for e in recipe.evaluations if e.label == ev.label}
+    return _slug(ev.label) if len(tasks) <= 1 else f"{_slug(ev.label)}--{_slug(ev.task)}"
 
 
 def _model_id(ref: str) -> str:
@@ -423,7 +435,7 @@ def _evaluate(recipe: Recipe, step: dict, run_dir: Path, summary: dict) -> None:
     from .evaluate import run_eval
 
     ev = EvalDecl.model_validate(step["decl"])
-    out = run_dir / "evals" / _slug(ev.label)
+    out = run_dir / "evals" / eval_dirname(recipe, ev)
     digest = sha256_text(canonical_json({"decl": step["decl"], "model": step["model"], "seed": recipe.seed,
                                          "weights": _weights_marker(step["model"])}))
     done = _done(out / "DONE.json", digest)

@@ -313,7 +313,7 @@ evaluations:
 @pytest.mark.parametrize("old,new,line,needles", [
     ("model: m1", "model: m2", 19, ["evaluation 'b' refers to unknown model 'm2'", "did you mean 'm1'"]),
     ("model: ${base}", "model: ${bsae}", 11, ["stage 's1' refers to unknown model ${bsae}", "did you mean 'base'"]),
-    ("label: b", "label: a", 18, ["duplicate evaluation label 'a'"]),
+    ("label: b", "label: a", 18, ["duplicate evaluation label 'a' for task 'gsm8k'"]),
     ("reference: a", "reference: c", 22, ["reference 'c' is not a label"]),
     ("produces: m1", "produces: base", 8, ["produces 'base', which already exists"]),
 ], ids=["eval-model", "stage-ref", "duplicate-label", "reference", "produces"])

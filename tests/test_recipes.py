@@ -33,6 +33,25 @@ def test_packaged_recipe_validates_and_resolves(name):
             assert s["config"]["model"], s  # ${id} references were resolved
 
 
+@pytest.mark.parametrize("name", ["trado-eval", "llada-dream-eval", "qwen25-ar-baseline"])
+def test_gpu_recipes_keep_one_label_per_system(name):
+    """A system evaluated on several tasks keeps one label, so the leaderboard shows it as
+    one row with a cell per task; its evaluations get one directory per task."""
+    from dllm_bench.recipes import eval_dirname, load_recipe
+
+    rec, _ = load_recipe(name)
+    by_label: dict[str, list] = {}
+    for ev in rec.evaluations:
+        by_label.setdefault(ev.label, []).append(ev)
+    multi = [evs for evs in by_label.values() if len(evs) > 1]
+    assert multi, "some system is evaluated on several tasks"
+    for evs in multi:
+        assert len({e.task for e in evs}) == len(evs)
+        assert len({(e.model, e.sampler, json.dumps(e.sampler_args.get("confidence_threshold"))) for e in evs}) == 1
+    dirs = [eval_dirname(rec, ev) for ev in rec.evaluations]
+    assert len(set(dirs)) == len(dirs)
+
+
 def test_run_list_names_recipes():
     r = runner.invoke(app, ["run", "--list", "--json"])
     assert r.exit_code == 0
