@@ -567,6 +567,8 @@ def _curve_name(points: Sequence[tuple[float, float, LoadedEntry]]) -> str:
     if len(set(names)) == 1:
         return names[0]
     common = os.path.commonprefix(names)
+    if common in names:  # one point's label is the curve's name (e.g. "X · dynamic", "X · dynamic 0.7")
+        return common.rstrip()
     cut = common.rsplit(" ", 1)[0].rstrip(" ·=-_(") if " " in common else ""
     if cut:
         return cut
@@ -930,12 +932,17 @@ def build_cli(entries: str | Path, output: str | Path, *, reference: str | None 
 def show_cli(entries: str | Path, *, as_json: bool = False, reference: str | None = None,
              allow_unverified: bool = False) -> None:
     """``dllm-bench leaderboard show``: the tables (rich) on stdout, each with its protocol and
-    common settings in words under it; or ``--json``."""
+    common settings in words under it, then the extra views (:func:`extra_sections`); or
+    ``--json`` (with the views under ``sections``)."""
     import sys
 
     from rich.table import Table as RichTable
 
-    data = leaderboard_data(load_entries(entries, allow_empty=True), reference, allow_unverified=allow_unverified)
+    loaded = load_entries(entries, allow_empty=True)
+    data = leaderboard_data(loaded, reference, allow_unverified=allow_unverified)
+    sections = extra_sections(data, loaded)
+    if sections:
+        data["sections"] = {s.id: s.data for s in sections}
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return
@@ -953,6 +960,10 @@ def show_cli(entries: str | Path, *, as_json: bool = False, reference: str | Non
         con.print(rt)
         for what, words in notes_lines(t):
             con.print(f"{what}: {words}", markup=False, highlight=False, soft_wrap=True)
+        con.print()
+    for sec in sections:  # published vs reproduced, AUP: as in README.md
+        con.print(sec.title, markup=False, highlight=False, style="bold")
+        con.print(sec.markdown, markup=False, highlight=False, soft_wrap=True)
         con.print()
 
 

@@ -473,3 +473,11 @@ def test_examples_page_in_headless_chromium(examples_built, tmp_path):
         m = re.search(rf'<table[^>]*id="table-{sid}".*?</table>', dom, flags=re.DOTALL)
         assert m and len(re.findall(r"<tr[ >]", m.group(0).split("<tbody>")[1])) == rows, sid
     assert dom.count("<svg") >= 2
+
+
+def test_show_prints_the_extra_views(tmp_path):
+    r = runner.invoke(app, ["leaderboard", "show", "--entries", str(EXAMPLES)])
+    assert r.exit_code == 0 and "Published vs reproduced" in r.stdout and "Accuracy vs parallelism (AUP)" in r.stdout
+    assert "282.3" in r.stdout
+    r = runner.invoke(app, ["leaderboard", "show", "--entries", str(EXAMPLES), "--json"])
+    assert set(json.loads(r.stdout)["sections"]) == {"published", "aup"}
