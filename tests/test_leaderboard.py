@@ -141,7 +141,8 @@ def test_default_entries_one_table_with_dllm_rows_and_both_ar_baselines(default_
     assert t["kind"] == "main" and [c["task"] for c in t["columns"]] == ["gsm8k_calc", "gsm8k"]
     rows = _rows(t)
     assert set(rows) == {"dLLM SFT · static", "dLLM TraceRL · static", "dLLM SFT · dynamic",
-                         "dLLM TraceRL · dynamic", "AR twin SFT", "SmolLM2-135M-Instruct (AR)"}
+                         "dLLM TraceRL · dynamic", "AR twin SFT", "SmolLM2-135M-Instruct (AR)",
+                         *(f"dLLM {m} · dynamic {t}" for m in ("SFT", "TraceRL") for t in ("0.7", "0.5"))}
     assert {n for n, r in rows.items() if r["ar_baseline"]} == {"AR twin SFT", "SmolLM2-135M-Instruct (AR)"}
     assert set(rows["SmolLM2-135M-Instruct (AR)"]["cells"]) == {"gsm8k"}
     d = rows["dLLM TraceRL · static"]["cells"]["gsm8k_calc"]["delta"]
@@ -456,8 +457,15 @@ def test_published_and_aup_views_reach_every_output(examples_built):
     assert "<svg" in svg and "TraDo-4B-Instruct · dynamic (AUP 282.3)" in svg.replace("&#183;", "·")
 
 
-def test_default_entries_have_no_published_counterpart_or_sweep(default_data):
-    assert "sections" not in default_data or not default_data["sections"]
+def test_default_entries_threshold_curves(tmp_path):
+    """The default recipe's thresholds 0.9 / 0.7 / 0.5 make one curve per dLLM; no published
+    counterpart exists for the tiny models."""
+    out = build(load_entries(REPO / "leaderboards" / "entries" / "default"), tmp_path)
+    sections = json.loads(out["json"].read_text())["sections"]
+    assert set(sections) == {"aup"}
+    curves = {c["system"]: c for c in sections["aup"]}
+    for name in ("dLLM SFT · dynamic", "dLLM TraceRL · dynamic"):
+        assert len(curves[name]["points"]) == 3
 
 
 def test_examples_page_in_headless_chromium(examples_built, tmp_path):
