@@ -210,6 +210,10 @@ class DockerConfig(BaseModel):
     pool_size: int = Field(2, ge=1, le=64, description="Warm containers per limits (= concurrent runs)")
 
 
+IDLE_PIDS = 2
+"""Tasks in an idle sandbox container: docker-init (pid 1) and ``sleep infinity``."""
+
+
 class _ContainerGone(Exception):
     """The container stopped between runs (e.g. a program killed its init); replace it."""
 
@@ -459,7 +463,10 @@ class DockerSandbox(SandboxContext):
         c.oom_file = (_cgroup_file(ctr.id, "memory", "memory.oom_control")
                       or _cgroup_file(ctr.id, "memory", "memory.events"))
         c.oom_count = _read_int(c.oom_file, "oom_kill") or 0
-        c.baseline_pids = self._pids(c) or 0
+        # an idle container is docker-init + `sleep infinity`: 2 tasks by construction. Measured
+        # right after start, the count can still include the runtime's own transient task on a
+        # loaded machine, which would let a leftover process pass as idle.
+        c.baseline_pids = IDLE_PIDS
         return c
 
     def _pids(self, c: _Container) -> int | None:

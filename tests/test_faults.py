@@ -254,7 +254,8 @@ def assert_eval_invariants(out: Path, ref: Path) -> None:
     entry, ref_entry = json.loads((out / "entry.json").read_text()), json.loads((ref / "entry.json").read_text())
     assert entry["status"]["state"] == "complete" and entry["status"]["n_done"] == len(want)
     assert entry["metrics"] == ref_entry["metrics"]
-    assert entry["key_digest"] == ref_entry["key_digest"] and entry["entry_id"] == ref_entry["entry_id"]
+    assert entry["protocol_digest"] == ref_entry["protocol_digest"] and entry["entry_id"] == ref_entry["entry_id"]
+    assert entry["system_digest"] == ref_entry["system_digest"]
     assert entry["samples"]["sha256"] == sha256_file(out / "samples.jsonl")
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert (out / LOCK).read_text().split()[0].isdigit()

@@ -481,6 +481,9 @@ def test_examples_page_in_headless_chromium(examples_built, tmp_path):
         m = re.search(rf'<table[^>]*id="table-{sid}".*?</table>', dom, flags=re.DOTALL)
         assert m and len(re.findall(r"<tr[ >]", m.group(0).split("<tbody>")[1])) == rows, sid
     assert dom.count("<svg") >= 2
+    shot = tmp_path / "examples.png"
+    _chromium(tmp_path, "--window-size=1400,2400", f"--screenshot={shot}", (site / "index.html").as_uri())
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
 def test_show_prints_the_extra_views(tmp_path):
