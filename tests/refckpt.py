@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from dllm_bench.models import _bytes_to_unicode
+from dllm_bench.models.tokenizer import _bytes_to_unicode
 
 # ------------------------------------------------------------------ vocabulary
 _MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("a", "n"),
