@@ -24,7 +24,8 @@ from pydantic import Field, model_validator
 
 from dllm_bench.errors import BadInputError
 
-from .rl import RLConfig, RLTrainer
+from .rl_config import RLConfig
+from .tracerl import TRACERL
 
 
 class BlockAdaptConfig(RLConfig):
@@ -45,7 +46,7 @@ class BlockAdaptConfig(RLConfig):
         return self
 
 
-class BLOCK_ADAPT(RLTrainer):
+class BLOCK_ADAPT(TRACERL):
     """Block-size adaptation trainer (plugin ``block-adapt``)."""
 
     name: ClassVar[str] = "block-adapt"

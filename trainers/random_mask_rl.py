@@ -25,7 +25,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from .rl import RLConfig, RLTrainer
+from .rl_config import RLConfig
+from .tracerl import TRACERL
 from .trajectory import Trajectory
 
 
@@ -49,7 +50,7 @@ class RandomMaskRLConfig(RLConfig):
         return self
 
 
-class RANDOM_MASK_RL(RLTrainer):
+class RANDOM_MASK_RL(TRACERL):
     """Random-masking RL baseline (plugin ``random-mask-rl``)."""
 
     name: ClassVar[str] = "random-mask-rl"
