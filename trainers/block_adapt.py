@@ -47,7 +47,11 @@ class BlockAdaptConfig(RLConfig):
 
 
 class BLOCK_ADAPT(TRACERL):
-    """Block-size adaptation trainer (plugin ``block-adapt``)."""
+    """Block-size adaptation trainer (plugin ``block-adapt``).
+
+    Differs from :class:`.tracerl.TRACERL` by its block sizes: :meth:`rollout_block_size`
+    (B_r, B_t after ``switch_step``) and :meth:`train_block_size` (B_t); the sampler's
+    ``denoising_steps`` and the final sidecar's block size follow from them."""
 
     name: ClassVar[str] = "block-adapt"
     version: ClassVar[str] = "1"

@@ -68,7 +68,10 @@ class DiPOConfig(RLConfig):
 
 
 class DIPO(TRACERL):
-    """DiPO trainer (plugin ``dipo``). ``DIPO(config).train(run_dir) -> TrainResult``."""
+    """DiPO trainer (plugin ``dipo``). ``DIPO(config).train(run_dir) -> TrainResult``.
+
+    Differs from :class:`.tracerl.TRACERL` by its config only (:class:`DiPOConfig`): one
+    on-policy optimizer step per rollout batch, KL to the reference, ``row_mean``."""
 
     name: ClassVar[str] = "dipo"
     version: ClassVar[str] = "1"

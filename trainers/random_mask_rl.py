@@ -51,7 +51,10 @@ class RandomMaskRLConfig(RLConfig):
 
 
 class RANDOM_MASK_RL(TRACERL):
-    """Random-masking RL baseline (plugin ``random-mask-rl``)."""
+    """Random-masking RL baseline (plugin ``random-mask-rl``).
+
+    Differs from :class:`.tracerl.TRACERL` by its training rows: :meth:`training_batch`
+    (noised copies instead of the trajectory) and :meth:`round_ids` (one row per copy)."""
 
     name: ClassVar[str] = "random-mask-rl"
     version: ClassVar[str] = "1"

@@ -41,7 +41,10 @@ class ValueConfig(RolloutConfig):
 
 
 class VALUE(TRACERL):
-    """Value-model trainer (plugin ``value``); the rollout policy stays frozen."""
+    """Value-model trainer (plugin ``value``).
+
+    Differs from :class:`.tracerl.TRACERL` by ``train_policy = False``: the rollout policy
+    stays frozen and only the value model trains (phase 4 of the RL step)."""
 
     name: ClassVar[str] = "value"
     version: ClassVar[str] = "1"
