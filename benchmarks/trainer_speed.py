@@ -81,9 +81,9 @@ def time_layouts(model_name: str, sizes: dict, args, device) -> list[dict]:
     import torch
 
     from dllm_bench.models import load_model
-    from dllm_bench.trainers.base import PolicyNet
+    from dllm_bench.trainers.networks import PolicyNet
     from dllm_bench.trainers.objectives import clipped_policy_terms
-    from dllm_bench.trainers.rl import token_logprobs
+    from dllm_bench.trainers.scoring import token_logprobs
     from dllm_bench.trainers.trajectory import Trajectory, collate, forward_plan, scatter_tokens
 
     ad = load_model("tiny-block-dlm", dtype=args.dtype, device=str(device), block_size=args.block_size, **sizes)

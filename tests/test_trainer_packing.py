@@ -21,9 +21,9 @@ import torch
 from dllm_bench import registry
 from dllm_bench.blocks import block_causal_mask, left_pad_prompts, response_position_ids
 from dllm_bench.models import load_model
-from dllm_bench.trainers.base import PolicyNet
+from dllm_bench.trainers.networks import PolicyNet
 from dllm_bench.trainers.objectives import clipped_policy_terms
-from dllm_bench.trainers.rl import token_logprobs
+from dllm_bench.trainers.scoring import token_logprobs
 from dllm_bench.trainers.trajectory import INF_STEP, Trajectory, collate, packed_block_inputs, trainable_length
 
 

@@ -16,13 +16,13 @@ import torch
 
 from dllm_bench.models import load_model
 from dllm_bench.plugins import Doc, Verdict
-from dllm_bench.trainers.base import ValueNet
+from dllm_bench.trainers.networks import ValueNet
 from dllm_bench.trainers.dipo import DIPO
 from dllm_bench.trainers.objectives import clipped_value_terms, step_gae
-from dllm_bench.trainers.rl import token_values
+from dllm_bench.trainers.scoring import token_values
 from dllm_bench.trainers.sft import SFT
 from dllm_bench.trainers.trajectory import Trajectory, collate
-from dllm_bench.trainers.tracerl import TRACERL
+from dllm_bench.trainers.tracerl import TRACERL, RLRun, RLStepState
 
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
@@ -368,8 +368,9 @@ def test_update_sequence_matches_rl_trado_procedure(tmp_path):
     batch with an EOS block whose tail was decoded first (rounds counted over all tokens)."""
     import copy
 
-    from dllm_bench.trainers.base import Engine, PolicyNet
-    from dllm_bench.trainers.rl import token_logprobs
+    from dllm_bench.trainers.engine import Engine
+    from dllm_bench.trainers.networks import PolicyNet
+    from dllm_bench.trainers.scoring import token_logprobs
 
     torch.manual_seed(0)
     ad = load_model("tiny-block-dlm", dtype="float32", block_size=4, init_seed=3, **TINY)
@@ -395,7 +396,11 @@ def test_update_sequence_matches_rl_trado_procedure(tmp_path):
         old = token_logprobs(model, batch, **lp_kw)
     rid = tr.round_ids(batch, "block")
     adv = adv_seq[:, None].expand(batch.size, batch.gen_len).clone()
-    m = tr._policy_update(eng, model, opt, sched, batch, adv, old, None, L1, torch.Generator(), lp_kw, rid, None)
+    run = RLRun(engine=eng, adapter=ad, family="block", shift=0, policy=model, opt=opt, sched=sched)
+    assert tr.logprob_kwargs(run) == lp_kw
+    state = RLStepState(step=0, g=torch.Generator(), t_start=0.0, batch=batch, rid=rid, gen_len=L1, block_size=4,
+                        adv=adv, old_logp=old)
+    m = tr.policy_update(run, state)
     got = tr.last_update_trace
 
     n_rows = len(_reference_rows(trajs, 4))

@@ -24,7 +24,8 @@ from pydantic import Field, model_validator
 
 from dllm_bench.errors import BadInputError
 
-from .rl import RLConfig, RLTrainer
+from .rl_config import RLConfig
+from .tracerl import TRACERL
 
 
 class BlockAdaptConfig(RLConfig):
@@ -45,8 +46,12 @@ class BlockAdaptConfig(RLConfig):
         return self
 
 
-class BLOCK_ADAPT(RLTrainer):
-    """Block-size adaptation trainer (plugin ``block-adapt``)."""
+class BLOCK_ADAPT(TRACERL):
+    """Block-size adaptation trainer (plugin ``block-adapt``).
+
+    Differs from :class:`.tracerl.TRACERL` by its block sizes: :meth:`rollout_block_size`
+    (B_r, B_t after ``switch_step``) and :meth:`train_block_size` (B_t); the sampler's
+    ``denoising_steps`` and the final sidecar's block size follow from them."""
 
     name: ClassVar[str] = "block-adapt"
     version: ClassVar[str] = "1"

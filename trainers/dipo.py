@@ -31,11 +31,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .rl import RLConfig, RLTrainer
+from .rl_config import RLConfig
+from .tracerl import TRACERL
 
 
 class DiPOConfig(RLConfig):
-    """``dipo`` config: :class:`dllm_bench.trainers.rl.RLConfig` with DiRL's defaults; the
+    """``dipo`` config: :class:`dllm_bench.trainers.rl_config.RLConfig` with DiRL's defaults; the
     on-policy fields are fixed (validated)."""
 
     shrink: int = Field(1, ge=1, le=1, description="Fixed at 1 (every decode step is its own trajectory step). "
@@ -66,8 +67,11 @@ class DiPOConfig(RLConfig):
         return self
 
 
-class DIPO(RLTrainer):
-    """DiPO trainer (plugin ``dipo``). ``DIPO(config).train(run_dir) -> TrainResult``."""
+class DIPO(TRACERL):
+    """DiPO trainer (plugin ``dipo``). ``DIPO(config).train(run_dir) -> TrainResult``.
+
+    Differs from :class:`.tracerl.TRACERL` by its config only (:class:`DiPOConfig`): one
+    on-policy optimizer step per rollout batch, KL to the reference, ``row_mean``."""
 
     name: ClassVar[str] = "dipo"
     version: ClassVar[str] = "1"

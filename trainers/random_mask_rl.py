@@ -25,7 +25,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from .rl import RLConfig, RLTrainer
+from .rl_config import RLConfig
+from .tracerl import TRACERL
 from .trajectory import Trajectory
 
 
@@ -49,8 +50,11 @@ class RandomMaskRLConfig(RLConfig):
         return self
 
 
-class RANDOM_MASK_RL(RLTrainer):
-    """Random-masking RL baseline (plugin ``random-mask-rl``)."""
+class RANDOM_MASK_RL(TRACERL):
+    """Random-masking RL baseline (plugin ``random-mask-rl``).
+
+    Differs from :class:`.tracerl.TRACERL` by its training rows: :meth:`training_batch`
+    (noised copies instead of the trajectory) and :meth:`round_ids` (one row per copy)."""
 
     name: ClassVar[str] = "random-mask-rl"
     version: ClassVar[str] = "1"

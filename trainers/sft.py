@@ -41,8 +41,11 @@ from dllm_bench.blocks import left_pad_prompts, response_position_ids, round_up,
 from dllm_bench.console import progress
 from dllm_bench.errors import BadInputError
 
-from .base import (FAMILY_SHORT, PolicyNet, TrainConfig, TrainResult, config_hash, derive_seed, load_adapter,
-                   open_run)
+from .base import open_run
+from .batching import batch_indices
+from .config import TrainConfig, config_hash
+from .networks import FAMILY_SHORT, PolicyNet, load_adapter
+from .run_dir import TrainResult
 
 
 def call_sft_pairs(task: Any, tokenizer: Any) -> list[tuple[str, str]]:
@@ -180,23 +183,6 @@ class SFT:
         return {"block": "block", "full": "random_mask", "ar": "ar"}[FAMILY_SHORT[adapter.family]]
 
     # ------------------------------------------------------------------ batches
-    _perms: dict[tuple[int, int, int], list[int]] = {}
-
-    @classmethod
-    def batch_indices(cls, n: int, step: int, batch_size: int, seed: int) -> list[int]:
-        """Example indices of optimizer step ``step``: consecutive slices of per-epoch
-        permutations seeded by ``(seed, epoch)`` (deterministic, so resume is exact)."""
-        out = []
-        start = step * batch_size
-        for pos in range(start, start + batch_size):
-            epoch, i = divmod(pos, n)
-            key = (n, seed, epoch)
-            if key not in cls._perms:
-                g = torch.Generator().manual_seed(derive_seed(seed, 7, epoch))
-                cls._perms = {key: torch.randperm(n, generator=g).tolist()}
-            out.append(cls._perms[key][i])
-        return out
-
     def build_inputs(self, examples: list[tuple[list[int], list[int]]], mode: str, adapter: Any, B: int,
                      g: torch.Generator) -> dict[str, torch.Tensor]:
         """Tensors for one micro-batch.
@@ -300,7 +286,7 @@ class SFT:
             for step in range(start, max_steps):
                 t0 = time.perf_counter()
                 g = eng.step_generator(step)
-                idx = self.batch_indices(len(data), step, cfg.batch_size, cfg.seed)
+                idx = batch_indices(len(data), step, cfg.batch_size, cfg.seed)
                 examples = [data[i] for i in idx]
                 micro = [examples[i:i + cfg.micro_batch_size] for i in range(0, len(examples), cfg.micro_batch_size)]
                 inputs = [self.build_inputs(mb, mode, adapter, B, g) for mb in micro]

@@ -5,7 +5,7 @@ bias=False)`` head (V ≡ 0 at the start). It reads the same packed trajectory r
 policy and predicts, for every token, the value of the sampler state just before the
 token's step. Per RL step, with a frozen rollout policy:
 
-1. roll out and score as in :mod:`.rl` (group z-scored rewards, group filtering);
+1. roll out and score as in :mod:`.tracerl` (group z-scored rewards, group filtering);
 2. V_old = the values before the update (no grad); step-level GAE (γ, λ) gives the
    token returns R_j (:func:`.objectives.step_gae`; γ = λ = 1: R_j = R);
 3. optimizer steps on the clipped value loss
@@ -28,21 +28,23 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from .rl import RLTrainer, RolloutConfig, ValueOptions, build_value_net, save_value_net
-
-__all__ = ["VALUE", "ValueConfig", "ValueOptions", "build_value_net", "save_value_net"]
+from .rl_config import RolloutConfig, ValueOptions
+from .tracerl import TRACERL
 
 
 class ValueConfig(RolloutConfig):
-    """``value`` config: rollout fields of :class:`dllm_bench.trainers.rl.RolloutConfig` plus the
+    """``value`` config: rollout fields of :class:`dllm_bench.trainers.rl_config.RolloutConfig` plus the
     value model options (required here)."""
 
     value: ValueOptions = Field(default_factory=ValueOptions, description="The value model: initialisation, "
                                                                           "LR, γ, λ, clip. Unit: none.")
 
 
-class VALUE(RLTrainer):
-    """Value-model trainer (plugin ``value``); the rollout policy stays frozen."""
+class VALUE(TRACERL):
+    """Value-model trainer (plugin ``value``).
+
+    Differs from :class:`.tracerl.TRACERL` by ``train_policy = False``: the rollout policy
+    stays frozen and only the value model trains (phase 4 of the RL step)."""
 
     name: ClassVar[str] = "value"
     version: ClassVar[str] = "1"
