@@ -411,7 +411,7 @@ def leaderboard_build(
     entries: Annotated[Path, typer.Option(help="Directory of entry JSON files (searched recursively).")] = Path("leaderboards/entries"),
     output: Annotated[Path, typer.Option(help="Where to write README.md, leaderboard.csv/.json, index.html.")] = Path("leaderboards"),
     reference: Annotated[Optional[str], typer.Option(help="Row label to show a 'Δ vs <reference> ± stderr' column "
-                                                     "against (rows may also name theirs in training.reference).")] = None,
+                                                     "against (rows may also name theirs: an entry's reference field).")] = None,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="List entries that do not verify, "
                                                    "marked 'unverified' and never in a Δ (default: refuse them, exit 2).")] = False,
 ):

@@ -168,7 +168,8 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
              model_args: dict[str, Any] | None = None, task_args: dict[str, Any] | None = None,
              limit: int | None = None, samples: int = 1, batch_size: int = 8, seed: int = 0,
              output: str | Path = "runs/eval", sandbox: str | None = None, data_source: str = "packaged",
-             record_trajectory: bool = False, label: str | None = None) -> Entry:
+             record_trajectory: bool = False, label: str | None = None,
+             reference: str | None = None) -> Entry:
     """Evaluate ``model`` on ``task`` with ``sampler``; write and return the entry.
 
     Args:
@@ -185,6 +186,7 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
         sandbox / data_source: passed to the task when its Config has them.
         record_trajectory: store each sample's step map and per-step commits in its record.
         label: row label for leaderboard tables.
+        reference: label of the row this entry is compared against (a Δ column).
 
     Returns:
         the written :class:`~dllm_bench.schema.Entry` (status ``complete``, ``partial`` when
@@ -203,7 +205,8 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
         return run_lmeval_task(model=model, task=task, sampler=sampler, sampler_args=sampler_args,
                                model_args=model_args, task_args=task_args, limit=limit, samples=samples,
                                batch_size=batch_size, seed=seed, output=output, sandbox=sandbox,
-                               data_source=data_source, record_trajectory=record_trajectory, label=label)
+                               data_source=data_source, record_trajectory=record_trajectory, label=label,
+                               reference=reference)
     if samples < 1:
         raise BadInputError(f"--samples must be >= 1, got {samples}")
     if batch_size < 1:
@@ -299,7 +302,7 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
     sha, dirty = git_info()
     samples_path = out / SAMPLES_FILE
     entry = Entry.create(
-        protocol=protocol, system=system, label=label,
+        protocol=protocol, system=system, label=label, reference=reference,
         repro=Repro(model=minfo, seeds=seeds, harness=HarnessInfo(version=__version__, git_sha=sha, git_dirty=dirty),
                     libraries=library_versions(), device=device_string(), platform=platform.platform(),
                     device_info=device_info(), determinism=determinism_report()),

@@ -22,7 +22,7 @@ metric (``accuracy`` when every cell has it) as ``value ± stderr (n=problems)``
 second column ``TPF / NFE``: tokens per forward (generated tokens / NFE, the
 device-independent parallelism measure) and NFE per sample.
 
-**Δ vs reference.** A row's reference is, per entry, ``repro.model.training["reference"]``
+**Δ vs reference.** A row's reference is, per entry, :attr:`Entry.reference <dllm_bench.schema.Entry.reference>`
 (the label of the row it was trained from: the TraceRL row names its SFT row), else the
 ``reference`` argument (a label). Among the rows of the same table with that label and a
 cell in the same column, the one whose system differs from this row's in the fewest fields
@@ -264,12 +264,12 @@ def _name_rows(t: Table) -> None:
 # ----------------------------------------------------------------------- row data
 def _reference_row(r: Row, c: Column, t: Table, reference: str | None) -> Row | None:
     e = r.cells[c.task]
-    ref_label = (e.entry.repro.model.training or {}).get("reference") or reference
+    ref_label = e.entry.reference or reference
     if not ref_label or ref_label == r.base_label:
         return None
     cands = [o for o in t.rows if o is not r and o.base_label == ref_label and c.task in o.cells]
     if not cands:
-        if (e.entry.repro.model.training or {}).get("reference"):
+        if e.entry.reference:
             log.warning("row %r names reference %r, which has no %s cell in table %d", r.name, ref_label,
                         c.task, t.index)
         return None

@@ -422,7 +422,8 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
                     model_args: dict[str, Any] | None = None, task_args: dict[str, Any] | None = None,
                     limit: int | None = None, samples: int = 1, batch_size: int = 8, seed: int = 0,
                     output: str | Path = "runs/eval", sandbox: str | None = None, data_source: str = "packaged",
-                    record_trajectory: bool = False, label: str | None = None) -> "Entry":
+                    record_trajectory: bool = False, label: str | None = None,
+                    reference: str | None = None) -> "Entry":
     """Run the lm-eval task ``task`` (``lm-eval:<name>`` or ``<name>``) through a dllm-bench
     sampler and write ``<output>/entry.json`` + ``<output>/samples.jsonl``.
 
@@ -596,7 +597,7 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     sha, dirty = git_info()
     n_rec = sum(len(d["sample"].get("resps", [[]])[0]) for d in per_doc.values())
     entry = Entry.create(
-        protocol=protocol, system=system, label=label,
+        protocol=protocol, system=system, label=label, reference=reference,
         repro=Repro(model=mi, seeds=seeds, harness=HarnessInfo(version=__version__, git_sha=sha, git_dirty=dirty),
                     libraries=library_versions(), device=device_string(), platform=platform.platform()),
         metrics=metrics,

@@ -447,12 +447,7 @@ def _evaluate(recipe: Recipe, step: dict, run_dir: Path, summary: dict) -> None:
     entry = run_eval(model=step["model"], task=ev.task, sampler=ev.sampler, sampler_args=ev.sampler_args,
                      model_args=ev.model_args, task_args=ev.task_args, limit=ev.limit, samples=ev.samples,
                      batch_size=ev.batch_size, seed=recipe.seed, output=out, sandbox=None,
-                     data_source="packaged", record_trajectory=False, label=ev.label)
-    if ev.reference is not None:
-        training = dict(entry.repro.model.training or {})
-        training["reference"] = ev.reference
-        entry.repro.model.training = training
-        entry.write(out / "entry.json")
+                     data_source="packaged", record_trajectory=False, label=ev.label, reference=ev.reference)
     if entry.status.state == "failed":
         raise RunFailedError(f"evaluation {ev.label!r} failed: {'; '.join(entry.status.errors[:3])}")
     (out / "DONE.json").write_text(json.dumps({"digest": digest, "entry": str(out / "entry.json")}))

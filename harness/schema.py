@@ -450,6 +450,8 @@ class Entry(StrictModel):
     entry_id: str = Field(description="sha256 prefix of protocol + system digests + model + seeds")
     created_at: str
     label: str | None = Field(None, description="Row label shown in tables, e.g. 'tiny-block-dlm (TraceRL)'")
+    reference: str | None = Field(None, description="Label of the row this one is compared against (a Δ ± stderr "
+                                  "column in leaderboard tables), e.g. the SFT row of a TraceRL row")
     protocol: ProtocolKey
     protocol_digest: str
     system: SystemKey
@@ -466,6 +468,17 @@ class Entry(StrictModel):
         return upgrade_entry_dict(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
+    def _reference_is_first_class(self) -> "Entry":
+        """Entries written before ``reference`` was a field kept it in
+        ``repro.model.training["reference"]``: read there, it moves to :attr:`reference`."""
+        training = self.repro.model.training
+        if isinstance(training, dict) and "reference" in training:
+            moved = training.pop("reference")
+            if self.reference is None:
+                self.reference = moved
+        return self
+
+    @model_validator(mode="after")
     def _digests_match(self) -> "Entry":
         if self.protocol_digest != self.protocol.digest() or self.system_digest != self.system.digest():
             raise ValueError("protocol_digest / system_digest do not match the keys (the entry was edited)")
@@ -473,10 +486,11 @@ class Entry(StrictModel):
 
     @classmethod
     def create(cls, *, protocol: ProtocolKey, system: SystemKey, repro: Repro, label: str | None,
-               metrics: dict[str, Metric], cost: Cost, status: Status, samples: SamplesRef) -> "Entry":
+               metrics: dict[str, Metric], cost: Cost, status: Status, samples: SamplesRef,
+               reference: str | None = None) -> "Entry":
         """A new entry with its digests, id and creation time filled in."""
         return cls(entry_id=cls.make_id(protocol, system, repro.model, repro.seeds), created_at=cls.now(),
-                   label=label, protocol=protocol, protocol_digest=protocol.digest(), system=system,
+                   label=label, reference=reference, protocol=protocol, protocol_digest=protocol.digest(), system=system,
                    system_digest=system.digest(), repro=repro, metrics=metrics, cost=cost, status=status,
                    samples=samples)
 

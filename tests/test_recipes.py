@@ -91,7 +91,12 @@ def test_ci_recipe_cycle_entries(ci_run):
     assert sft["protocol_digest"] == rl["protocol_digest"]  # same task, scorer, budget: ranked together
     assert sft["system_digest"] != rl["system_digest"]  # another trainer chain: another system
     assert rl["repro"]["model"]["training"]["trainer"] == "tracerl"
-    assert rl["repro"]["model"]["training"]["reference"] == "dLLM SFT · static"
+    assert rl["reference"] == "dLLM SFT · static" and "reference" not in rl["repro"]["model"]["training"]
+    from dllm_bench.schema import Entry
+
+    for e in entries.values():  # nothing is written into an entry after its id was made
+        ent = Entry.model_validate(e)
+        assert Entry.make_id(ent.protocol, ent.system, ent.repro.model, ent.repro.seeds) == ent.entry_id
     assert entries["dLLM TraceRL · dynamic"]["protocol_digest"] == rl["protocol_digest"]
     assert entries["dLLM TraceRL · dynamic"]["system_digest"] != rl["system_digest"]  # another sampler
     assert entries["AR twin SFT · greedy"]["repro"]["model"]["family"] == "ar"
