@@ -52,6 +52,31 @@ def check_backend(name: str, *, unsafe_no_isolation: bool = False) -> dict[str, 
     return row
 
 
+def try_open(name: str, *, build_missing_image: bool = False, **config: Any) -> tuple[Any | None, str]:
+    """``(sandbox, "")`` for backend ``name`` with ``config``, or ``(None, why not)``.
+
+    ``build_missing_image``: for docker, build the image first when it is missing
+    (:func:`dllm_bench.sandboxes.docker.build_image`, cached root fs). Used by tests and
+    benchmarks to skip with a reason instead of failing (it lives here, above both backends,
+    so that the contract module :mod:`dllm_bench.sandboxes.base` imports no backend).
+    """
+    from dllm_bench import registry
+
+    try:
+        cls = registry.load("sandboxes", name)
+        if build_missing_image and name == "docker":
+            from .docker import build_image
+
+            build_image()
+        if not config.get("unsafe_no_isolation"):
+            ok, why = cls.available()
+            if not ok:
+                return None, why
+        return cls(cls.Config(**config)), ""
+    except Exception as exc:  # noqa: BLE001 - SandboxUnavailable, engine errors, ...
+        return None, f"{name} sandbox unavailable: {exc}"
+
+
 @app.command("check")
 def check(
     backend: Annotated[Optional[str], typer.Option(help="process | docker (default: all installed backends).")] = None,
@@ -107,8 +132,8 @@ def build_image_cmd(
     """
     from dllm_bench.console import console, print_line
 
+    from .base import SandboxUnavailable
     from .docker import IMAGE, build_image
-    from .process import SandboxUnavailable
 
     try:
         image_id = build_image(IMAGE, suite=suite, mirror=mirror, rebuild=rebuild,

@@ -38,9 +38,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import (PYTHON_FLAGS, RUNNER_SOURCE, Limits, Outcome, OutputCap, SandboxContext, classify, make_payload,
-                   sandbox_env)
-from .process import SandboxUnavailable
+from .base import (PYTHON_FLAGS, RUNNER_SOURCE, Limits, Outcome, OutputCap, SandboxContext, SandboxUnavailable, classify,
+                   make_payload, sandbox_env)
 
 IMAGE = "dllm-bench-sandbox:bookworm"
 LABEL = "dllm-bench.sandbox"

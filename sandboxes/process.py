@@ -43,16 +43,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import (PYTHON_FLAGS, RUNNER_SOURCE, Limits, Outcome, OutputCap, SandboxContext, classify, make_payload,
-                   sandbox_env)
+from .base import (PYTHON_FLAGS, RUNNER_SOURCE, Limits, Outcome, OutputCap, SandboxContext, SandboxUnavailable, classify,
+                   make_payload, sandbox_env)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
 _TOP_LEVEL_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-
-
-class SandboxUnavailable(RuntimeError):
-    """The backend cannot run here (message says why and how to fix it)."""
 
 
 def resolve_python(python: str = SYSTEM_PYTHON) -> str:

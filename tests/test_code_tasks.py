@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dllm_bench.plugins import Verdict
-from dllm_bench.sandboxes.base import try_open
+from dllm_bench.sandboxes.cli import try_open
 from dllm_bench.tasks.code import (HUMANEVAL, LEETCODE_CONTEST, LIVECODEBENCH, MBPP, CodeConfig, HumanEvalConfig,
                                    LcbConfig, MbppConfig, cut_at_stops, extract_code, fenced_blocks,
                                    lcb_stdio_equal)

@@ -118,7 +118,8 @@ def test_limits_reject_unknown_fields():
 
 # ------------------------------------------------------------------ process backend specifics
 def test_process_refuses_without_bubblewrap(monkeypatch):
-    from dllm_bench.sandboxes.process import ProcessSandbox, SandboxUnavailable
+    from dllm_bench.sandboxes.base import SandboxUnavailable
+    from dllm_bench.sandboxes.process import ProcessSandbox
 
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SandboxUnavailable, match="bubblewrap.*apt-get install bubblewrap.*--unsafe-no-isolation"):
@@ -128,7 +129,8 @@ def test_process_refuses_without_bubblewrap(monkeypatch):
 
 
 def test_process_rejects_shim_interpreter(tmp_path):
-    from dllm_bench.sandboxes.process import ProcessSandbox, SandboxUnavailable
+    from dllm_bench.sandboxes.base import SandboxUnavailable
+    from dllm_bench.sandboxes.process import ProcessSandbox
 
     shim = tmp_path / "python3"
     shim.write_text("#!/bin/sh\nexec python3 \"$@\"\n")
