@@ -11,7 +11,6 @@ stderr through one rich Console (:mod:`dllm_bench.console`).
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from . import __version__
 from .console import console, disable_progress, print_line, setup_logging, stdout_console
 from .errors import (BadInputError, DllmBenchError, Interrupted, exit_on_signal, interrupt_in, note_signal,
                      signal_received)
+from .sandboxes.cli import app as sandbox_app
 
 app = typer.Typer(
     name="dllm-bench",
@@ -37,17 +37,7 @@ app = typer.Typer(
 )
 leaderboard_app = typer.Typer(help="Build and show leaderboard tables from entries.", no_args_is_help=True)
 app.add_typer(leaderboard_app, name="leaderboard")
-
-
-def _sandbox_app():
-    try:
-        from .sandboxes.cli import app as sandbox_app
-    except ImportError:
-        sandbox_app = typer.Typer(help="Code-execution sandboxes (not available yet).")
-    return sandbox_app
-
-
-app.add_typer(_sandbox_app(), name="sandbox", help="Check sandboxes and build the Docker sandbox image.")
+app.add_typer(sandbox_app, name="sandbox", help="Check sandboxes and build the Docker sandbox image.")
 
 
 _in_command = False  # a handle_errors-wrapped command body is running (it reports interrupts itself)
@@ -132,16 +122,6 @@ def _os_error_line(exc: OSError, saved: str | None) -> tuple[int, str]:
     where = " in " + ", ".join(map(str, claimed())) if claimed() else ""
     return 1, line + (f"; the run stopped: {saved}{where}; fix this and re-run the same command to resume"
                       if saved else "; the command stopped; fix this and re-run it")
-
-
-def _module(name: str, feature: str):
-    try:
-        return importlib.import_module(f"dllm_bench.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(f"dllm_bench.{name}"):
-            console.print(f"{feature}: not available yet")
-            raise typer.Exit(1) from None
-        raise
 
 
 def _deterministic(on: bool, threads: int = 1) -> None:
@@ -302,34 +282,36 @@ def eval_cmd(
     _deterministic(deterministic)
     if sweep:
         knob, values = parse_sweep(sweep)
-        sw = _module("sweep", "eval --sweep")
-        points = sw.run_sweep(knob=knob, values=values, model=model, task=task, sampler=sampler,
-                              sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
-                              model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
-                              limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
-                              sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory,
-                              label=label)
+        from .sweep import print_summary, run_sweep
+
+        points = run_sweep(knob=knob, values=values, model=model, task=task, sampler=sampler,
+                           sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
+                           model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
+                           limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
+                           sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory,
+                           label=label)
         if as_json:
             print_json([p.entry.model_dump(mode="json") for p in points])
         else:
-            sw.print_summary(knob, points)
+            print_summary(knob, points)
         if any(p.entry.status.state == "failed" for p in points):
             raise typer.Exit(1)
         return
     from .outdir import claim_output
 
     writable = claim_output(output, read_only_if="entry.json")  # before any model load
-    ev = _module("evaluate", "eval")
+    from .evaluate import check_read_only_output, print_entry, run_eval
+
     if not writable:
-        ev.check_read_only_output(output)  # only a finished entry can be re-read from a read-only directory
-    entry = ev.run_eval(model=model, task=task, sampler=sampler, sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
-                        model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
-                        limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
-                        sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory, label=label)
+        check_read_only_output(output)  # only a finished entry can be re-read from a read-only directory
+    entry = run_eval(model=model, task=task, sampler=sampler, sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
+                     model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
+                     limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
+                     sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory, label=label)
     if as_json:
         print_json(entry.model_dump(mode="json"))
     else:
-        ev.print_entry(entry)
+        print_entry(entry)
     if entry.status.state == "failed":
         raise typer.Exit(1)
 
@@ -348,13 +330,14 @@ def score_cmd(
     data_source: Annotated[str, typer.Option(help="packaged | hub")] = "packaged",
 ):
     """Score saved completions without a model (re-scoring, scorer upgrades, CPU CI)."""
-    sc = _module("scoring", "score")
-    result = sc.score_predictions(task=task, predictions=predictions, output=output, sandbox=sandbox,
-                                  task_args=parse_kv(task_arg, "--task-arg"), data_source=data_source)
+    from .scoring import print_result, score_predictions
+
+    result = score_predictions(task=task, predictions=predictions, output=output, sandbox=sandbox,
+                               task_args=parse_kv(task_arg, "--task-arg"), data_source=data_source)
     if as_json:
         print_json(result)
     else:
-        sc.print_result(result)
+        print_result(result)
 
 
 # ----------------------------------------------------------------------------- train
@@ -375,8 +358,9 @@ def train_cmd(
     from .outdir import claim_output
 
     claim_output(output)  # before any model load
-    tb = _module("trainers.base", "train")
-    result = tb.run_trainer(trainer, config, output, overrides=parse_kv(set_, "--set"))
+    from .trainers.base import run_trainer
+
+    result = run_trainer(trainer, config, output, overrides=parse_kv(set_, "--set"))
     if as_json:
         print_json(result.to_dict() if hasattr(result, "to_dict") else result)
     else:
@@ -399,9 +383,10 @@ def run_cmd(
                                                           "(default for GPU recipes).", show_default=False)] = None,
 ):
     """Run a train -> evaluate recipe; ends by printing the leaderboard table."""
-    rc = _module("recipes", "run")
-    rc.run_cli(recipe=recipe, list_only=list_, output=output, dry_run=dry_run, as_json=as_json, seed=seed,
-               deterministic=deterministic)
+    from .recipes import run_cli
+
+    run_cli(recipe=recipe, list_only=list_, output=output, dry_run=dry_run, as_json=as_json, seed=seed,
+            deterministic=deterministic)
 
 
 # ----------------------------------------------------------------------- leaderboard
@@ -423,8 +408,9 @@ def leaderboard_build(
     from .outdir import claim_output
 
     claim_output(output)
-    lb = _module("leaderboard", "leaderboard")
-    lb.build_cli(entries, output, reference=reference, allow_unverified=allow_unverified)
+    from .leaderboard import build_cli
+
+    build_cli(entries, output, reference=reference, allow_unverified=allow_unverified)
 
 
 @leaderboard_app.command("show")
@@ -437,8 +423,9 @@ def leaderboard_show(
                                                    "marked 'unverified' and never in a Δ (default: refuse them, exit 2).")] = False,
 ):
     """Print the systems × tasks tables, each with its protocol in words (entries verified first)."""
-    lb = _module("leaderboard", "leaderboard")
-    lb.show_cli(entries, as_json=as_json, reference=reference, allow_unverified=allow_unverified)
+    from .leaderboard import show_cli
+
+    show_cli(entries, as_json=as_json, reference=reference, allow_unverified=allow_unverified)
 
 
 @leaderboard_app.command("migrate")
@@ -448,8 +435,9 @@ def leaderboard_migrate(
 ):
     """Rewrite every version-1 entry under PATH as schema version 2, in place (atomic writes;
     entry ids and per-sample files untouched; running it again changes nothing)."""
-    lb = _module("leaderboard", "leaderboard")
-    lb.migrate_cli(path)
+    from .leaderboard import migrate_cli
+
+    migrate_cli(path)
 
 
 # ------------------------------------------------------------------------------ gate
@@ -471,9 +459,10 @@ def gate_cmd(
 
     Every entry on both sides is verified first: its samples file's sha256 and record count, and every metric recomputed from the per-sample records with the task's own aggregation. An entry that fails (edited metric, truncated or deleted samples) is refused with one line (exit 2).
     """
-    gt = _module("gate", "gate")
-    ok = gt.gate_cli(baseline=baseline, candidate=candidate, mode=mode, max_drop=max_drop, z=z, metric=metric,
-                     max_tps_drop=max_tps_drop, max_nfe_increase=max_nfe_increase, as_json=as_json)
+    from .gate import gate_cli
+
+    ok = gate_cli(baseline=baseline, candidate=candidate, mode=mode, max_drop=max_drop, z=z, metric=metric,
+                  max_tps_drop=max_tps_drop, max_nfe_increase=max_nfe_increase, as_json=as_json)
     if not ok:
         raise typer.Exit(1)
 
@@ -521,9 +510,10 @@ def schema_cmd(
 ):
     """Print or write the JSON Schemas of entries, per-sample records, recipes and published figures."""
     from .published import SCHEMA_NAME, published_schema
+    from .recipes import Recipe
     from .schema import schemas
 
-    all_s = {**schemas(), SCHEMA_NAME: published_schema()}
+    all_s = {**schemas(), "recipe": Recipe.model_json_schema(), SCHEMA_NAME: published_schema()}
     if name and name not in all_s:
         raise BadInputError(f"unknown schema {name!r}; available: {', '.join(all_s)}")
     chosen = {name: all_s[name]} if name else all_s
