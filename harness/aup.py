@@ -157,7 +157,7 @@ PARALLELISM_KNOBS = ("confidence_threshold", "denoising_steps")
 
 def curve_points(entries: Iterable, metric: str = "accuracy") -> dict[tuple[str, str], list[tuple[float, float, object]]]:
     """Accuracy-vs-parallelism curves from entries (:class:`dllm_bench.schema.Entry` or
-    objects with an ``entry`` attribute, e.g. ``gate.LoadedEntry``).
+    objects with an ``entry`` attribute, e.g. ``entries.LoadedEntry``).
 
     Entries under one protocol whose systems differ only in :data:`PARALLELISM_KNOBS` (a
     threshold sweep, a denoising-steps sweep) *and* that evaluated the same weights with the

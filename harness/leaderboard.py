@@ -30,7 +30,7 @@ is used. ``Δ = row − reference`` with its standard error comes from
 :func:`dllm_bench.gate.compare` (paired per-problem differences when both cells have their
 per-sample records, else ``sqrt(se_a² + se_b²)``); both cells share the column's protocol.
 
-**Verified entries only.** Every entry is verified first (:func:`dllm_bench.gate.verified`:
+**Verified entries only.** Every entry is verified first (:func:`dllm_bench.entries.verified`:
 samples sha256, record count, metrics recomputed from the records). One that fails is
 refused (:class:`~dllm_bench.errors.BadInputError`, exit 2) unless ``allow_unverified``:
 then it is listed, marked ``unverified``, and takes part in no Δ (neither as reference nor
@@ -59,7 +59,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
-from .gate import LoadedEntry, compare, load_entries, results_console, verified
+from .console import results_console
+from .entries import LoadedEntry, load_entries, verified
+from .gate import compare
 from .schema import (READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Entry, ProtocolKey, describe_differences,
                      describe_protocol, field_words, get_path, value_words)
 
@@ -343,7 +345,7 @@ def leaderboard_data(entries: Sequence[LoadedEntry], reference: str | None = Non
                      allow_unverified: bool = False) -> dict[str, Any]:
     """The whole leaderboard as JSON-ready data (what ``leaderboard.json`` holds).
 
-    Every entry is verified first (:func:`dllm_bench.gate.verified`).
+    Every entry is verified first (:func:`dllm_bench.entries.verified`).
 
     Returns:
         ``{"format", "n_entries", "reference", "tables": [...]}``; each table has ``heading``,

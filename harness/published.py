@@ -332,7 +332,7 @@ class Measured:
 
 def measured_from_entry(entry: Any, *, name: str | None = None, metric: str = "accuracy") -> Measured | None:
     """The :class:`Measured` view of a leaderboard entry (:class:`dllm_bench.schema.Entry`,
-    or an object with an ``entry`` attribute such as ``gate.LoadedEntry``); None when the
+    or an object with an ``entry`` attribute such as ``entries.LoadedEntry``); None when the
     entry has no ``metric``.
 
     ``system`` is ``name`` (a table's row name), else the entry's label, else the model id.

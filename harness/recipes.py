@@ -534,7 +534,7 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
     console.print(f"running recipe [bold]{escape(rec.name)}[/] ({escape(str(path))}) into {escape(str(run_dir))}"
                   f"{' (deterministic mode)' if rec.wants_deterministic() else ''}")
     summary = run_recipe(rec, run_dir)
-    from .gate import load_entries
+    from .entries import load_entries
     from .leaderboard import build, show_cli
 
     entries = [le for p in summary["entries"] for le in load_entries(p)]
