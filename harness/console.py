@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 
@@ -56,13 +56,19 @@ def progress_enabled() -> bool:
 
 
 @contextmanager
-def progress(description: str, total: int | None) -> Iterator["_Advance"]:
+def progress(description: str, total: int | None) -> Iterator[_Advance]:
     """Context manager yielding ``advance(n=1, **fields)``; draws a bar only when enabled."""
     if not progress_enabled():
         yield _Advance(None, None)
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

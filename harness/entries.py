@@ -16,9 +16,10 @@ import gzip
 import json
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .console import fmt_number
 from .errors import BadInputError
@@ -91,7 +92,7 @@ class LoadedEntry:
         return recs
 
 
-def as_loaded(x: "Entry | LoadedEntry | str | Path") -> LoadedEntry:
+def as_loaded(x: Entry | LoadedEntry | str | Path) -> LoadedEntry:
     """Accept an Entry, a LoadedEntry or an entry JSON path."""
     if isinstance(x, LoadedEntry):
         return x
@@ -243,7 +244,8 @@ def _recompute_metrics(entry: Entry, recs: list[SampleRecord]) -> dict[str, dict
     by_doc: dict[str, list[SampleRecord]] = {}
     for r in recs:
         by_doc.setdefault(r.doc_id, []).append(r)
-    verdicts = {d: [Verdict(r.correct, r.score, r.extracted, r.details) for r in sorted(rs, key=lambda r: r.sample_index)]
+    verdicts = {d: [Verdict(r.correct, r.score, r.extracted, r.details)
+                    for r in sorted(rs, key=lambda r: r.sample_index)]
                 for d, rs in by_doc.items()}
     obj = registry.create("tasks", task, {}, source="entry")
     return obj.aggregate(verdicts) if verdicts else {}

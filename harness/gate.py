@@ -79,7 +79,7 @@ def require_comparable(a: LoadedEntry, b: LoadedEntry, *, same_system: bool = Fa
                             path=b.path)
 
 
-def compare(entry_a: "Entry | LoadedEntry | str | Path", entry_b: "Entry | LoadedEntry | str | Path",
+def compare(entry_a: Entry | LoadedEntry | str | Path, entry_b: Entry | LoadedEntry | str | Path,
             metric: str = "accuracy", *, mode: Mode = "auto") -> dict[str, Any]:
     """Difference ``b - a`` of ``metric`` between two comparable entries, with its stderr.
 
@@ -178,7 +178,8 @@ def metric_check(a: LoadedEntry, b: LoadedEntry, *, metric: str, mode: Mode, max
     bound = sign * c["diff"] + z * se  # optimistic end of the one-sided interval, in "better" units
     return Check(row=b.name, task=b.entry.task, check=metric, baseline=c["value_a"],
                  candidate=c["value_b"], diff=c["diff"], stderr=c["stderr"], bound=bound,
-                 threshold=-max_drop if max_drop else 0.0, mode=c["mode"], n=c["n"], regression=bound < -max_drop, note=c["note"])
+                 threshold=-max_drop if max_drop else 0.0, mode=c["mode"], n=c["n"], regression=bound < -max_drop,
+                 note=c["note"])
 
 
 def cost_checks(a: LoadedEntry, b: LoadedEntry, *, max_tps_drop: float | None,
@@ -313,8 +314,9 @@ def print_report(report: GateReport) -> None:
         t.add_column(col, justify="right" if col not in ("row", "task", "check", "mode", "verdict") else "left")
     for c in report.checks:
         verdict = "[bold red]REGRESSION[/]" if c.regression else "[green]ok[/]"
-        t.add_row(c.row, c.task, c.check, fmt_number(c.baseline), fmt_number(c.candidate), fmt_number(c.diff), fmt_number(c.stderr),
-                  fmt_number(c.bound), fmt_number(c.threshold), c.mode, "-" if c.n is None else str(c.n), verdict)
+        t.add_row(c.row, c.task, c.check, fmt_number(c.baseline), fmt_number(c.candidate), fmt_number(c.diff),
+                  fmt_number(c.stderr), fmt_number(c.bound), fmt_number(c.threshold), c.mode,
+                  "-" if c.n is None else str(c.n), verdict)
     stdout_console.print(t)
     for c in report.checks:
         if c.note:

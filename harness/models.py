@@ -43,9 +43,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -179,7 +180,7 @@ class SlotKVCache(_HFCache):
         self._read_end: int | None = None
 
     # -- sampler side
-    def window(self, write_start: int, read_end: int | None = None) -> "SlotKVCache":
+    def window(self, write_start: int, read_end: int | None = None) -> SlotKVCache:
         """Set where the next forward writes (``write_start``) and how far it reads (``read_end``)."""
         if write_start < 0 or (read_end is not None and read_end > self.max_len):
             raise ValueError(f"window ({write_start}, {read_end}) outside [0, {self.max_len}]")
@@ -537,7 +538,7 @@ class ModelAdapter:
         write_atomic(d / SIDECAR, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return d
 
-    def clone(self) -> "ModelAdapter":
+    def clone(self) -> ModelAdapter:
         """A deep copy (own weights), e.g. a frozen reference policy for a KL term."""
         return dataclasses.replace(self, model=copy.deepcopy(self.model))
 
@@ -905,8 +906,10 @@ def _is_causal(raw_cfg: dict[str, Any]) -> bool:
     if archs:
         return any(a.endswith(CAUSAL_SUFFIXES) for a in archs)
     try:
-        from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                            MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
     except ImportError:  # pragma: no cover - very old transformers
         return True
     mt = str(raw_cfg.get("model_type", ""))

@@ -87,7 +87,7 @@ class Limits(BaseModel):
     tmpfs_mb: int = Field(64, ge=1, description="MiB, size of each writable tmpfs")
     max_output_bytes: int = Field(4 << 20, ge=1024, description="bytes of stdout+stderr")
 
-    def scaled(self, wall_time_s: float | None = None, cpu_time_s: float | None = None) -> "Limits":
+    def scaled(self, wall_time_s: float | None = None, cpu_time_s: float | None = None) -> Limits:
         """A copy with new time limits (e.g. per-test budgets times the number of tests)."""
         upd: dict[str, Any] = {}
         if wall_time_s is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -79,7 +79,7 @@ def try_open(name: str, *, build_missing_image: bool = False, **config: Any) -> 
 
 @app.command("check")
 def check(
-    backend: Annotated[Optional[str], typer.Option(help="process | docker (default: all installed backends).")] = None,
+    backend: Annotated[str | None, typer.Option(help="process | docker (default: all installed backends).")] = None,
     unsafe_no_isolation: Annotated[bool, typer.Option(
         "--unsafe-no-isolation", help="DANGEROUS: probe the process backend without bubblewrap.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
@@ -122,7 +122,7 @@ def check(
 def build_image_cmd(
     rebuild: Annotated[bool, typer.Option(help="Rebuild even if the image (and cached root fs) exist.")] = False,
     suite: Annotated[str, typer.Option(help="Debian suite for debootstrap.")] = "bookworm",
-    mirror: Annotated[Optional[str], typer.Option(help="Debian mirror (default $DLLM_BENCH_DEBIAN_MIRROR "
+    mirror: Annotated[str | None, typer.Option(help="Debian mirror (default $DLLM_BENCH_DEBIAN_MIRROR "
                                                        "or http://deb.debian.org/debian).")] = None,
 ):
     """Build dllm-bench-sandbox:bookworm without a registry (debootstrap + docker import).

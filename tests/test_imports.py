@@ -208,6 +208,7 @@ def test_the_walk_finds_a_planted_cycle(tmp_path):
     mods["p"].write_text("")
     mods["p.a"].write_text("from . import b\n")
     mods["p.b"].write_text("def f():\n    from .a import x\n")
-    mods["p.c"].write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import y\nfrom . import a\n")
-    mods["p.a"].write_text("from . import b\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import c\n")
+    checking = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+    mods["p.c"].write_text(checking + "    from .a import y\nfrom . import a\n")
+    mods["p.a"].write_text("from . import b\n" + checking + "    from . import c\n")
     assert _cycles(_graph(mods)) == [["p.a", "p.b", "p.a"]]

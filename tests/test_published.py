@@ -10,8 +10,17 @@ import pytest
 import yaml
 
 from dllm_bench.errors import BadInputError
-from dllm_bench.published import (Measured, load_file, load_published, model_matches, reproduction_rows,
-                                  sampling_mode, schema_text, to_dicts, to_markdown)
+from dllm_bench.published import (
+    Measured,
+    load_file,
+    load_published,
+    model_matches,
+    reproduction_rows,
+    sampling_mode,
+    schema_text,
+    to_dicts,
+    to_markdown,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PUB = REPO / "leaderboards" / "published"

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from dllm_bench.sandboxes.base import (Limits, build_test_program, classify, new_marker, parse_test_lines,
-                                       sandbox_key)
+from dllm_bench.sandboxes.base import Limits, build_test_program, classify, new_marker, parse_test_lines, sandbox_key
 
 from .conftest import open_sandbox_or_skip
 
@@ -112,7 +112,7 @@ def test_classify_statuses():
 
 
 def test_limits_reject_unknown_fields():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         Limits(wall_time=3)  # type: ignore[call-arg]
 
 

@@ -39,11 +39,12 @@ import random
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -126,7 +127,7 @@ class TrainResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
+    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
         return cls(trainer=d["trainer"], run_dir=Path(d["run_dir"]), final_dir=Path(d["final_dir"]),
                    metrics_path=Path(d["metrics_path"]), steps=int(d["steps"]),
                    last_metrics=d.get("last_metrics", {}), extra_dirs=d.get("extra_dirs", {}))
@@ -792,7 +793,7 @@ def write_config(run_dir: Path, trainer: str, cfg: StrictModel) -> None:
 
 
 def open_run(trainer: str, cfg: TrainConfig, run_dir: Path,
-             ds_models: tuple[str, ...] = ("policy",)) -> "Engine | TrainResult":
+             ds_models: tuple[str, ...] = ("policy",)) -> Engine | TrainResult:
     """Start (or resume) a run: the stored :class:`TrainResult` when ``run_dir`` holds a
     finished run, else a new :class:`Engine` after checking the config against the run's
     (:func:`check_config`) and seeding. ``config.json`` is written later, by

@@ -61,12 +61,39 @@ from dllm_bench.console import progress
 from dllm_bench.errors import BadInputError
 from dllm_bench.plugins import StrictModel
 
-from .base import (FAMILY_SHORT, Engine, PolicyNet, TrainConfig, TrainResult, ValueNet, config_hash, derive_seed,
-                   load_adapter, open_run)
-from .objectives import (GAEResult, clipped_policy_terms, clipped_value_terms, group_zscore, keep_groups,
-                         loss_normaliser, step_gae, token_weights)
-from .trajectory import (ForwardInputs, Trajectory, TrajectoryBatch, collate, forward_plan, round_ids, round_rows,
-                         scatter_tokens, trainable_length)
+from .base import (
+    FAMILY_SHORT,
+    Engine,
+    PolicyNet,
+    TrainConfig,
+    TrainResult,
+    ValueNet,
+    config_hash,
+    derive_seed,
+    load_adapter,
+    open_run,
+)
+from .objectives import (
+    GAEResult,
+    clipped_policy_terms,
+    clipped_value_terms,
+    group_zscore,
+    keep_groups,
+    loss_normaliser,
+    step_gae,
+    token_weights,
+)
+from .trajectory import (
+    ForwardInputs,
+    Trajectory,
+    TrajectoryBatch,
+    collate,
+    forward_plan,
+    round_ids,
+    round_rows,
+    scatter_tokens,
+    trainable_length,
+)
 
 log = logging.getLogger("dllm_bench.trainers")
 
@@ -626,8 +653,8 @@ class RLTrainer:
         B_t = self.train_block_size(step, adapter)
         rows, src = self.training_batch([trajs[i] for i in kept], step, adapter, family, g)
         try:
-            batch = collate(rows, family=family, block_size=B_t, shrink=cfg.shrink,
-                            mask_id=adapter.mask_token_id if adapter.mask_token_id is not None else adapter.pad_token_id,
+            mask_id = adapter.mask_token_id if adapter.mask_token_id is not None else adapter.pad_token_id
+            batch = collate(rows, family=family, block_size=B_t, shrink=cfg.shrink, mask_id=mask_id,
                             pad_id=adapter.pad_token_id, alignment=self.block_alignment(adapter))
         except ValueError as exc:
             raise BadInputError(str(exc)) from None

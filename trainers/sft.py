@@ -41,8 +41,7 @@ from dllm_bench.blocks import left_pad_prompts, response_position_ids, round_up,
 from dllm_bench.console import progress
 from dllm_bench.errors import BadInputError
 
-from .base import (FAMILY_SHORT, PolicyNet, TrainConfig, TrainResult, config_hash, derive_seed, load_adapter,
-                   open_run)
+from .base import FAMILY_SHORT, PolicyNet, TrainConfig, TrainResult, config_hash, derive_seed, load_adapter, open_run
 
 
 def call_sft_pairs(task: Any, tokenizer: Any) -> list[tuple[str, str]]:
@@ -294,7 +293,8 @@ class SFT:
         model, opt, sched = eng.prepare(net, eng.make_optimizer(net), cfg.max_steps)
         start = eng.resume()
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-        max_steps = cfg.max_steps if cfg.epochs_limit is None else min(cfg.max_steps, cfg.epochs_limit * steps_per_epoch)
+        max_steps = (cfg.max_steps if cfg.epochs_limit is None
+                     else min(cfg.max_steps, cfg.epochs_limit * steps_per_epoch))
         last: dict[str, Any] = {}
         with progress(f"sft ({mode})", max_steps - start) as advance:
             for step in range(start, max_steps):
