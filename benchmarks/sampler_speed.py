@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
                     ratio[f"{be}_over_sdpa_tokens_per_s"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2)
                     ratio[f"{be}_tokens_equal_sdpa"] = r["tokens"] == ref["tokens"]
             report["ratios"].append(ratio)
-            for (mode, cache), r in rows.items():
+            for r in rows.values():
                 r = {k: v for k, v in r.items() if k != "tokens"}
                 report["results"].append({"model": name, "params": params, **r})
         del model

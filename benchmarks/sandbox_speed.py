@@ -27,7 +27,7 @@ TARGETS = {"process": 25.0, "docker": 15.0}
 
 
 def measure(backend: str, workers: int, n: int, repeat: int) -> dict:
-    from dllm_bench.sandboxes.base import try_open
+    from dllm_bench.sandboxes.cli import try_open
     from dllm_bench.tasks.code import HUMANEVAL, HumanEvalConfig
 
     sb, why = try_open(backend, **({"pool_size": workers} if backend == "docker" else {}))

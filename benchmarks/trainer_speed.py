@@ -108,7 +108,7 @@ def time_layouts(model_name: str, sizes: dict, args, device) -> list[dict]:
         for layout in ("packed", "rounds", "per_step"):
             plans = list(forward_plan(batch, "block", layout=layout))
 
-            def run():
+            def run(layout=layout, plans=plans, batch=batch, old=old, adv=adv):
                 net.zero_grad(set_to_none=True)
                 if layout == "per_step":  # backward per forward: the reference never holds all graphs
                     for inp in plans:

@@ -33,7 +33,7 @@ Conventions of this implementation (not part of the paper's statement):
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import BadInputError
 
@@ -155,9 +155,10 @@ def aup_by_system(curves: Mapping[str, Iterable[Sequence[float]]], *, alpha: flo
 PARALLELISM_KNOBS = ("confidence_threshold", "denoising_steps")
 
 
-def curve_points(entries: Iterable, metric: str = "accuracy") -> dict[tuple[str, str], list[tuple[float, float, object]]]:
+def curve_points(entries: Iterable,
+                 metric: str = "accuracy") -> dict[tuple[str, str], list[tuple[float, float, object]]]:
     """Accuracy-vs-parallelism curves from entries (:class:`dllm_bench.schema.Entry` or
-    objects with an ``entry`` attribute, e.g. ``gate.LoadedEntry``).
+    objects with an ``entry`` attribute, e.g. ``entries.LoadedEntry``).
 
     Entries under one protocol whose systems differ only in :data:`PARALLELISM_KNOBS` (a
     threshold sweep, a denoising-steps sweep) *and* that evaluated the same weights with the

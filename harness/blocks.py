@@ -46,11 +46,11 @@ All masks here are boolean, ``True`` = may attend, shape ``[batch, 1, q_len, k_l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
-
 
 BlockAlignment = Literal["response", "absolute"]
 ALIGNMENTS: tuple[str, ...] = ("response", "absolute")

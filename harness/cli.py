@@ -11,20 +11,28 @@ stderr through one rich Console (:mod:`dllm_bench.console`).
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
 from . import __version__
 from .console import console, disable_progress, print_line, setup_logging, stdout_console
-from .errors import (BadInputError, DllmBenchError, Interrupted, exit_on_signal, interrupt_in, note_signal,
-                     signal_received)
+from .errors import (
+    BadInputError,
+    DllmBenchError,
+    Interrupted,
+    exit_on_signal,
+    interrupt_in,
+    note_signal,
+    signal_received,
+)
+from .sandboxes.cli import app as sandbox_app
 
 app = typer.Typer(
     name="dllm-bench",
@@ -37,17 +45,7 @@ app = typer.Typer(
 )
 leaderboard_app = typer.Typer(help="Build and show leaderboard tables from entries.", no_args_is_help=True)
 app.add_typer(leaderboard_app, name="leaderboard")
-
-
-def _sandbox_app():
-    try:
-        from .sandboxes.cli import app as sandbox_app
-    except ImportError:
-        sandbox_app = typer.Typer(help="Code-execution sandboxes (not available yet).")
-    return sandbox_app
-
-
-app.add_typer(_sandbox_app(), name="sandbox", help="Check sandboxes and build the Docker sandbox image.")
+app.add_typer(sandbox_app, name="sandbox", help="Check sandboxes and build the Docker sandbox image.")
 
 
 _in_command = False  # a handle_errors-wrapped command body is running (it reports interrupts itself)
@@ -134,16 +132,6 @@ def _os_error_line(exc: OSError, saved: str | None) -> tuple[int, str]:
                       if saved else "; the command stopped; fix this and re-run it")
 
 
-def _module(name: str, feature: str):
-    try:
-        return importlib.import_module(f"dllm_bench.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(f"dllm_bench.{name}"):
-            console.print(f"{feature}: not available yet")
-            raise typer.Exit(1) from None
-        raise
-
-
 def _deterministic(on: bool, threads: int = 1) -> None:
     """Enter deterministic mode (may re-execute the process) before torch is imported."""
     if on:
@@ -209,8 +197,8 @@ def _version_cb(value: bool):
 
 @app.callback()
 def root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version_cb, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
+    version: Annotated[bool | None, typer.Option(
+        "--version", callback=_version_cb, is_eager=True, help="Print the version and exit.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level (stderr).")] = "INFO",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Never draw progress bars.")] = False,
 ):
@@ -231,7 +219,7 @@ def root(
 @app.command("list")
 @handle_errors
 def list_cmd(
-    kind: Annotated[Optional[str], typer.Argument(help="samplers | trainers | tasks | sandboxes (default: all)")] = None,
+    kind: Annotated[str | None, typer.Argument(help="samplers | trainers | tasks | sandboxes (default: all)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
     check: Annotated[bool, typer.Option("--check", help="Also import each plugin (may import torch).")] = False,
 ):
@@ -273,63 +261,73 @@ SAVED_RECIPE = "finished stages, checkpoints and samples are saved"
 @app.command("eval")
 @handle_errors(saved=SAVED_SAMPLES)
 def eval_cmd(
-    model: Annotated[str, typer.Option(help="Built-in spec (tiny-block-dlm, tiny-full-dlm, tiny-ar, smollm2-135m), "
-                                       "a local checkpoint directory, a .gguf file or a hub id.")],
+    model: Annotated[str, typer.Option(
+        help="Built-in spec (tiny-block-dlm, tiny-full-dlm, tiny-ar, smollm2-135m), a local checkpoint directory, a "
+             ".gguf file or a hub id.")],
     task: Annotated[str, typer.Option(help="Task plugin name, or lm-eval:<task> to run an lm-eval task.")],
     sampler: Annotated[str, typer.Option(help="Sampler plugin name (see `dllm-bench list samplers`).")],
-    sampler_arg: Annotated[Optional[list[str]], typer.Option("--sampler-arg", help="Sampler config key=value (repeatable).")] = None,
-    model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", help="Model option key=value (repeatable): dtype, block_size, family, ...")] = None,
-    task_arg: Annotated[Optional[list[str]], typer.Option("--task-arg", help="Task config key=value (repeatable).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N documents.")] = None,
+    sampler_arg: Annotated[list[str] | None, typer.Option(
+        "--sampler-arg", help="Sampler config key=value (repeatable).")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option(
+        "--model-arg", help="Model option key=value (repeatable): dtype, block_size, family, ...")] = None,
+    task_arg: Annotated[list[str] | None, typer.Option(
+        "--task-arg", help="Task config key=value (repeatable).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N documents.")] = None,
     samples: Annotated[int, typer.Option(help="Samples per problem (k of mean@k / pass@k).")] = 1,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate() call.")] = 8,
     seed: Annotated[int, typer.Option(help="Base seed (python, numpy, torch, sampler).")] = 0,
-    output: Annotated[Path, typer.Option(help="Output directory: entry JSON + per-sample JSONL; re-running resumes.")] = Path("runs/eval"),
-    sandbox: Annotated[Optional[str], typer.Option(help="Code tasks: process | docker (default: best available).")] = None,
-    data_source: Annotated[str, typer.Option(help="packaged (shipped data) | hub (datasets.load_dataset).")] = "packaged",
+    output: Annotated[Path, typer.Option(
+        help="Output directory: entry JSON + per-sample JSONL; re-running resumes.")] = Path("runs/eval"),
+    sandbox: Annotated[str | None, typer.Option(help="Code tasks: process | docker (default: best available).")] = None,
+    data_source: Annotated[str, typer.Option(
+        help="packaged (shipped data) | hub (datasets.load_dataset).")] = "packaged",
     record_trajectory: Annotated[bool, typer.Option(help="Store step maps in per-sample records.")] = False,
-    label: Annotated[Optional[str], typer.Option(help="Row label for leaderboard tables.")] = None,
-    sweep: Annotated[Optional[list[str]], typer.Option("--sweep", help="KNOB=v1,v2,...: one evaluation per value of "
-                                                       "one sampler knob, each in <output>/KNOB=<value>/ (resumable; "
-                                                       "the model loads once).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the entry (with --sweep: the list of entries) as "
-                                          "JSON on stdout.")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic/--native", help="Deterministic mode: pin the CPU code "
-                                                "paths (ATen, MKL, oneDNN, libm), one thread and deterministic algorithms "
-                                                "before torch loads, so any x86-64 machine gives the same bits.")] = False,
+    label: Annotated[str | None, typer.Option(help="Row label for leaderboard tables.")] = None,
+    sweep: Annotated[list[str] | None, typer.Option(
+        "--sweep",
+        help="KNOB=v1,v2,...: one evaluation per value of one sampler knob, each in <output>/KNOB=<value>/ "
+             "(resumable; the model loads once).")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the entry (with --sweep: the list of entries) as JSON on stdout.")] = False,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic/--native",
+        help="Deterministic mode: pin the CPU code paths (ATen, MKL, oneDNN, libm), one thread and deterministic "
+             "algorithms before torch loads, so any x86-64 machine gives the same bits.")] = False,
 ):
     """Evaluate MODEL on TASK with SAMPLER: writes a leaderboard entry + per-sample records."""
     _deterministic(deterministic)
     if sweep:
         knob, values = parse_sweep(sweep)
-        sw = _module("sweep", "eval --sweep")
-        points = sw.run_sweep(knob=knob, values=values, model=model, task=task, sampler=sampler,
-                              sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
-                              model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
-                              limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
-                              sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory,
-                              label=label)
+        from .sweep import print_summary, run_sweep
+
+        points = run_sweep(knob=knob, values=values, model=model, task=task, sampler=sampler,
+                           sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
+                           model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
+                           limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
+                           sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory,
+                           label=label)
         if as_json:
             print_json([p.entry.model_dump(mode="json") for p in points])
         else:
-            sw.print_summary(knob, points)
+            print_summary(knob, points)
         if any(p.entry.status.state == "failed" for p in points):
             raise typer.Exit(1)
         return
     from .outdir import claim_output
 
     writable = claim_output(output, read_only_if="entry.json")  # before any model load
-    ev = _module("evaluate", "eval")
+    from .evaluate import check_read_only_output, print_entry, run_eval
+
     if not writable:
-        ev.check_read_only_output(output)  # only a finished entry can be re-read from a read-only directory
-    entry = ev.run_eval(model=model, task=task, sampler=sampler, sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
-                        model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
-                        limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
-                        sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory, label=label)
+        check_read_only_output(output)  # only a finished entry can be re-read from a read-only directory
+    entry = run_eval(model=model, task=task, sampler=sampler, sampler_args=parse_kv(sampler_arg, "--sampler-arg"),
+                     model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
+                     limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
+                     sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory, label=label)
     if as_json:
         print_json(entry.model_dump(mode="json"))
     else:
-        ev.print_entry(entry)
+        print_entry(entry)
     if entry.status.state == "failed":
         raise typer.Exit(1)
 
@@ -339,44 +337,51 @@ def eval_cmd(
 @handle_errors
 def score_cmd(
     task: Annotated[str, typer.Option(help="Task plugin name.")],
-    predictions: Annotated[Path, typer.Option(help='JSONL: {"id": "<doc id>", "completion": "..."} per line; '
-                                              "several lines per id are several samples.")],
+    predictions: Annotated[Path, typer.Option(
+        help='JSONL: {"id": "<doc id>", "completion": "..."} per line; several lines per id are several samples.')],
     as_json: Annotated[bool, typer.Option("--json", help="Print {task, metrics, n} as JSON on stdout.")] = False,
-    output: Annotated[Optional[Path], typer.Option(help="Write per-sample verdicts (JSONL) here.")] = None,
-    sandbox: Annotated[Optional[str], typer.Option(help="Code tasks: process | docker (default: best available).")] = None,
-    task_arg: Annotated[Optional[list[str]], typer.Option("--task-arg", help="Task config key=value (repeatable).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write per-sample verdicts (JSONL) here.")] = None,
+    sandbox: Annotated[str | None, typer.Option(help="Code tasks: process | docker (default: best available).")] = None,
+    task_arg: Annotated[list[str] | None, typer.Option(
+        "--task-arg", help="Task config key=value (repeatable).")] = None,
     data_source: Annotated[str, typer.Option(help="packaged | hub")] = "packaged",
 ):
     """Score saved completions without a model (re-scoring, scorer upgrades, CPU CI)."""
-    sc = _module("scoring", "score")
-    result = sc.score_predictions(task=task, predictions=predictions, output=output, sandbox=sandbox,
-                                  task_args=parse_kv(task_arg, "--task-arg"), data_source=data_source)
+    from .scoring import print_result, score_predictions
+
+    result = score_predictions(task=task, predictions=predictions, output=output, sandbox=sandbox,
+                               task_args=parse_kv(task_arg, "--task-arg"), data_source=data_source)
     if as_json:
         print_json(result)
     else:
-        sc.print_result(result)
+        print_result(result)
 
 
 # ----------------------------------------------------------------------------- train
 @app.command("train")
 @handle_errors(saved=SAVED_CHECKPOINTS)
 def train_cmd(
-    trainer: Annotated[str, typer.Option(help="Trainer plugin: sft, tracerl, value, block-adapt, dipo, random-mask-rl.")],
+    trainer: Annotated[str, typer.Option(
+        help="Trainer plugin: sft, tracerl, value, block-adapt, dipo, random-mask-rl.")],
     config: Annotated[Path, typer.Option(help="Trainer config YAML (validated by the trainer's pydantic Config).")],
-    output: Annotated[Path, typer.Option(help="Run directory: checkpoints, metrics.jsonl, final HF weights.")] = Path("runs/train"),
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field key=value (repeatable).")] = None,
+    output: Annotated[Path, typer.Option(
+        help="Run directory: checkpoints, metrics.jsonl, final HF weights.")] = Path("runs/train"),
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config field key=value (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the train result as JSON on stdout.")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic/--native", help="Deterministic mode: pin the CPU code "
-                                                "paths (ATen, MKL, oneDNN, libm), one thread and deterministic algorithms "
-                                                "before torch loads, so any x86-64 machine gives the same bits.")] = False,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic/--native",
+        help="Deterministic mode: pin the CPU code paths (ATen, MKL, oneDNN, libm), one thread and deterministic "
+             "algorithms before torch loads, so any x86-64 machine gives the same bits.")] = False,
 ):
     """Train with a trainer plugin (single process here; `accelerate launch -m dllm_bench train ...` for many)."""
     _deterministic(deterministic)
     from .outdir import claim_output
 
     claim_output(output)  # before any model load
-    tb = _module("trainers.base", "train")
-    result = tb.run_trainer(trainer, config, output, overrides=parse_kv(set_, "--set"))
+    from .trainers.base import run_trainer
+
+    result = run_trainer(trainer, config, output, overrides=parse_kv(set_, "--set"))
     if as_json:
         print_json(result.to_dict() if hasattr(result, "to_dict") else result)
     else:
@@ -387,44 +392,58 @@ def train_cmd(
 @app.command("run")
 @handle_errors(saved=SAVED_RECIPE)
 def run_cmd(
-    recipe: Annotated[Optional[str], typer.Argument(help="Packaged recipe name or a recipe YAML path (default: the embedded default).")] = None,
+    recipe: Annotated[str | None, typer.Argument(
+        help="Packaged recipe name or a recipe YAML path (default: the embedded default).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List packaged recipes.")] = False,
-    output: Annotated[Optional[Path], typer.Option(help="Output directory (default: runs/<recipe>); re-running resumes.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, resolve every plugin and print the plan.")] = False,
+    output: Annotated[Path | None, typer.Option(
+        help="Output directory (default: runs/<recipe>); re-running resumes.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Validate, resolve every plugin and print the plan.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final leaderboard as JSON on stdout.")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="Override the recipe's seed (model init, training, sampling); "
-                                                "default output then runs/<recipe>-seed<N>.")] = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--native", help="Deterministic mode (the "
-                                                          "default for CPU recipes) or the machine's native kernels "
-                                                          "(default for GPU recipes).", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Override the recipe's seed (model init, training, sampling); default output then "
+             "runs/<recipe>-seed<N>.")] = None,
+    deterministic: Annotated[bool | None, typer.Option(
+        "--deterministic/--native",
+        help="Deterministic mode (the default for CPU recipes) or the machine's native kernels (default for GPU "
+             "recipes).",
+        show_default=False)] = None,
 ):
     """Run a train -> evaluate recipe; ends by printing the leaderboard table."""
-    rc = _module("recipes", "run")
-    rc.run_cli(recipe=recipe, list_only=list_, output=output, dry_run=dry_run, as_json=as_json, seed=seed,
-               deterministic=deterministic)
+    from .recipes import run_cli
+
+    run_cli(recipe=recipe, list_only=list_, output=output, dry_run=dry_run, as_json=as_json, seed=seed,
+            deterministic=deterministic)
 
 
 # ----------------------------------------------------------------------- leaderboard
 @leaderboard_app.command("build")
 @handle_errors
 def leaderboard_build(
-    entries: Annotated[Path, typer.Option(help="Directory of entry JSON files (searched recursively).")] = Path("leaderboards/entries"),
-    output: Annotated[Path, typer.Option(help="Where to write README.md, leaderboard.csv/.json, index.html.")] = Path("leaderboards"),
-    reference: Annotated[Optional[str], typer.Option(help="Row label to show a 'Δ vs <reference> ± stderr' column "
-                                                     "against (rows may also name theirs: an entry's reference field).")] = None,
-    allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="List entries that do not verify, "
-                                                   "marked 'unverified' and never in a Δ (default: refuse them, exit 2).")] = False,
+    entries: Annotated[Path, typer.Option(
+        help="Directory of entry JSON files (searched recursively).")] = Path("leaderboards/entries"),
+    output: Annotated[Path, typer.Option(
+        help="Where to write README.md, leaderboard.csv/.json, index.html.")] = Path("leaderboards"),
+    reference: Annotated[str | None, typer.Option(
+        help="Row label to show a 'Δ vs <reference> ± stderr' column against (rows may also name theirs: an "
+             "entry's reference field).")] = None,
+    allow_unverified: Annotated[bool, typer.Option(
+        "--allow-unverified",
+        help="List entries that do not verify, marked 'unverified' and never in a Δ (default: refuse them, "
+             "exit 2).")] = False,
 ):
     """Write Markdown, CSV, JSON and a static HTML page: one systems × tasks table (rows: systems,
     columns: tasks under one protocol) plus a table per cell under another protocol.
 
-    Every entry is verified first (samples sha256, record count, every metric recomputed from the per-sample records); one that fails is refused with one line (exit 2).
+    Every entry is verified first (samples sha256, record count, every metric recomputed from the
+    per-sample records); one that fails is refused with one line (exit 2).
     """
     from .outdir import claim_output
 
     claim_output(output)
-    lb = _module("leaderboard", "leaderboard")
-    lb.build_cli(entries, output, reference=reference, allow_unverified=allow_unverified)
+    from .leaderboard import build_cli
+
+    build_cli(entries, output, reference=reference, allow_unverified=allow_unverified)
 
 
 @leaderboard_app.command("show")
@@ -432,13 +451,16 @@ def leaderboard_build(
 def leaderboard_show(
     entries: Annotated[Path, typer.Option(help="Directory of entry JSON files.")] = Path("leaderboards/entries"),
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
-    reference: Annotated[Optional[str], typer.Option(help="Row label for the 'Δ vs <reference>' column.")] = None,
-    allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="List entries that do not verify, "
-                                                   "marked 'unverified' and never in a Δ (default: refuse them, exit 2).")] = False,
+    reference: Annotated[str | None, typer.Option(help="Row label for the 'Δ vs <reference>' column.")] = None,
+    allow_unverified: Annotated[bool, typer.Option(
+        "--allow-unverified",
+        help="List entries that do not verify, marked 'unverified' and never in a Δ (default: refuse them, "
+             "exit 2).")] = False,
 ):
     """Print the systems × tasks tables, each with its protocol in words (entries verified first)."""
-    lb = _module("leaderboard", "leaderboard")
-    lb.show_cli(entries, as_json=as_json, reference=reference, allow_unverified=allow_unverified)
+    from .leaderboard import show_cli
+
+    show_cli(entries, as_json=as_json, reference=reference, allow_unverified=allow_unverified)
 
 
 @leaderboard_app.command("migrate")
@@ -448,8 +470,9 @@ def leaderboard_migrate(
 ):
     """Rewrite every version-1 entry under PATH as schema version 2, in place (atomic writes;
     entry ids and per-sample files untouched; running it again changes nothing)."""
-    lb = _module("leaderboard", "leaderboard")
-    lb.migrate_cli(path)
+    from .leaderboard import migrate_cli
+
+    migrate_cli(path)
 
 
 # ------------------------------------------------------------------------------ gate
@@ -458,22 +481,28 @@ def leaderboard_migrate(
 def gate_cmd(
     baseline: Annotated[Path, typer.Option(help="Baseline entry JSON or directory of entries.")],
     candidate: Annotated[Path, typer.Option(help="Candidate entry JSON or directory of entries.")],
-    mode: Annotated[str, typer.Option(help="auto (paired when both sides have per-sample records, else stderr) | "
-                                      "paired (per-problem outcomes) | stderr (one-sided bound with both stderrs).")] = "auto",
+    mode: Annotated[str, typer.Option(
+        help="auto (paired when both sides have per-sample records, else stderr) | paired (per-problem outcomes) | "
+             "stderr (one-sided bound with both stderrs).")] = "auto",
     max_drop: Annotated[float, typer.Option(help="Allowed drop in the metric (absolute, e.g. 0.02 = 2 points).")] = 0.0,
     z: Annotated[float, typer.Option(help="One-sided z for the bound (1.645 = 95%).")] = 1.645,
     metric: Annotated[str, typer.Option(help="Metric to gate on.")] = "accuracy",
-    max_tps_drop: Annotated[Optional[float], typer.Option(help="Fail if tokens/s falls below baseline x (1 - this).")] = None,
-    max_nfe_increase: Annotated[Optional[float], typer.Option(help="Fail if NFE per token rises above baseline x (1 + this).")] = None,
+    max_tps_drop: Annotated[float | None, typer.Option(
+        help="Fail if tokens/s falls below baseline x (1 - this).")] = None,
+    max_nfe_increase: Annotated[float | None, typer.Option(
+        help="Fail if NFE per token rises above baseline x (1 + this).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON verdicts on stdout.")] = False,
 ):
     """Regression gate: exit 1 on a regression, 2 when entries are not comparable or do not verify.
 
-    Every entry on both sides is verified first: its samples file's sha256 and record count, and every metric recomputed from the per-sample records with the task's own aggregation. An entry that fails (edited metric, truncated or deleted samples) is refused with one line (exit 2).
+    Every entry on both sides is verified first: its samples file's sha256 and record count, and
+    every metric recomputed from the per-sample records with the task's own aggregation. An entry
+    that fails (edited metric, truncated or deleted samples) is refused with one line (exit 2).
     """
-    gt = _module("gate", "gate")
-    ok = gt.gate_cli(baseline=baseline, candidate=candidate, mode=mode, max_drop=max_drop, z=z, metric=metric,
-                     max_tps_drop=max_tps_drop, max_nfe_increase=max_nfe_increase, as_json=as_json)
+    from .gate import gate_cli
+
+    ok = gate_cli(baseline=baseline, candidate=candidate, mode=mode, max_drop=max_drop, z=z, metric=metric,
+                  max_tps_drop=max_tps_drop, max_nfe_increase=max_nfe_increase, as_json=as_json)
     if not ok:
         raise typer.Exit(1)
 
@@ -481,9 +510,11 @@ def gate_cmd(
 # ------------------------------------------------------------------------------- env
 @app.command("env")
 @handle_errors
-def env_cmd(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
-            deterministic: Annotated[bool, typer.Option("--deterministic/--native", help="Show the environment "
-                                                        "a deterministic-mode run gets (pins applied).")] = False):
+def env_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic/--native", help="Show the environment a deterministic-mode run gets (pins applied).")] = False,
+):
     """Versions, git sha, the device precisely (CPU model, ISA, torch CPU capability, threads, GPU,
     driver, CUDA / cuDNN, compute capability), the deterministic-mode pins, Docker and bubblewrap."""
     from rich.table import Table
@@ -516,14 +547,15 @@ def env_cmd(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout
 @app.command("schema")
 @handle_errors
 def schema_cmd(
-    output: Annotated[Optional[Path], typer.Option(help="Write <name>.schema.json files into this directory.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Only this schema (entry, sample, recipe, published).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write <name>.schema.json files into this directory.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only this schema (entry, sample, recipe, published).")] = None,
 ):
     """Print or write the JSON Schemas of entries, per-sample records, recipes and published figures."""
     from .published import SCHEMA_NAME, published_schema
+    from .recipes import Recipe
     from .schema import schemas
 
-    all_s = {**schemas(), SCHEMA_NAME: published_schema()}
+    all_s = {**schemas(), "recipe": Recipe.model_json_schema(), SCHEMA_NAME: published_schema()}
     if name and name not in all_s:
         raise BadInputError(f"unknown schema {name!r}; available: {', '.join(all_s)}")
     chosen = {name: all_s[name]} if name else all_s

@@ -8,9 +8,10 @@ shown only when stderr is a TTY, ``CI`` is unset, and the process is rank 0.
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 
@@ -55,13 +56,19 @@ def progress_enabled() -> bool:
 
 
 @contextmanager
-def progress(description: str, total: int | None) -> Iterator["_Advance"]:
+def progress(description: str, total: int | None) -> Iterator[_Advance]:
     """Context manager yielding ``advance(n=1, **fields)``; draws a bar only when enabled."""
     if not progress_enabled():
         yield _Advance(None, None)
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -87,3 +94,16 @@ def print_line(label: str, text: str, style: str = "bold red") -> None:
 
     line = Text.assemble((label, style), " " + str(text) if text else "")
     console.print(line, highlight=False, soft_wrap=True)
+
+
+def results_console() -> Console:
+    """The stdout console for final tables; when stdout is not a terminal (CI logs, pipes)
+    a 160-column one, so that wide tables are not truncated to rich's 80-column default."""
+    return stdout_console if stdout_console.is_terminal else Console(soft_wrap=True, width=160)
+
+
+def fmt_number(x: float | None, nd: int = 4) -> str:
+    """``x`` with ``nd`` decimals for tables and messages; ``-`` for None and NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{nd}f}"

@@ -171,7 +171,7 @@ def _mkl_cbwr_branch() -> str | None:
         import torch
 
         lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-        fn = getattr(lib, "mkl_serv_cbwr_get", None) or getattr(lib, "mkl_cbwr_get")
+        fn = getattr(lib, "mkl_serv_cbwr_get", None) or lib.mkl_cbwr_get
         fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
         code = int(fn(1))  # MKL_CBWR_BRANCH
     except (OSError, AttributeError, ImportError):

@@ -34,8 +34,20 @@ from typing import Any
 
 from .console import console, progress, stdout_console
 from .errors import BadInputError, RunFailedError
-from .schema import (Cost, Entry, HarnessInfo, Metric, ModelInfo, Repro, SampleRecord, SamplesRef, Status,
-                     sha256_file, sha256_text, split_keys)
+from .schema import (
+    Cost,
+    Entry,
+    HarnessInfo,
+    Metric,
+    ModelInfo,
+    Repro,
+    SampleRecord,
+    SamplesRef,
+    Status,
+    sha256_file,
+    sha256_text,
+    split_keys,
+)
 
 log = logging.getLogger("dllm_bench.evaluate")
 
@@ -272,7 +284,7 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
                 verdicts = task_obj.score_batch([(d, g.text) for (_, d, _), g in zip(pending, gens)]) \
                     if hasattr(task_obj, "score_batch") else [task_obj.score(d, g.text) for (_, d, _), g in
                                                               zip(pending, gens)]
-                for (di, d, si), p, g, v, s in zip(pending, prompts, gens, verdicts, row_seeds):
+                for (_, d, si), p, g, v, s in zip(pending, prompts, gens, verdicts, row_seeds):
                     store.append(SampleRecord(
                         doc_id=d.id, sample_index=si, prompt_sha256=sha256_text(p), completion=g.text,
                         extracted=v.extracted, correct=bool(v.correct), score=float(v.score),

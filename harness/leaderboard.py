@@ -30,7 +30,7 @@ is used. ``Δ = row − reference`` with its standard error comes from
 :func:`dllm_bench.gate.compare` (paired per-problem differences when both cells have their
 per-sample records, else ``sqrt(se_a² + se_b²)``); both cells share the column's protocol.
 
-**Verified entries only.** Every entry is verified first (:func:`dllm_bench.gate.verified`:
+**Verified entries only.** Every entry is verified first (:func:`dllm_bench.entries.verified`:
 samples sha256, record count, metrics recomputed from the records). One that fails is
 refused (:class:`~dllm_bench.errors.BadInputError`, exit 2) unless ``allow_unverified``:
 then it is listed, marked ``unverified``, and takes part in no Δ (neither as reference nor
@@ -58,10 +58,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .console import results_console
+from .entries import LoadedEntry, load_entries, verified
 from .errors import BadInputError
-from .gate import LoadedEntry, compare, load_entries, results_console, verified
-from .schema import (READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Entry, ProtocolKey, describe_differences,
-                     describe_protocol, field_words, get_path, value_words)
+from .gate import compare
+from .schema import (
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    Entry,
+    ProtocolKey,
+    describe_differences,
+    describe_protocol,
+    field_words,
+    get_path,
+    value_words,
+)
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +255,8 @@ def _name_rows(t: Table) -> None:
             r.name = r.label
         else:
             e = r.any.entry
-            r.name = " · ".join([e.system.model.id, e.system.sampler.name, *([_knobs_words(r.knobs)] if r.knobs else [])])
+            r.name = " · ".join([e.system.model.id, e.system.sampler.name,
+                                 *([_knobs_words(r.knobs)] if r.knobs else [])])
     by_name: dict[str, list[Row]] = {}
     for r in t.rows:
         by_name.setdefault(r.name, []).append(r)
@@ -334,7 +346,8 @@ def table_data(t: Table, reference: str | None = None) -> dict[str, Any]:
         "columns": [{"task": c.task, "primary_metric": c.primary, "protocol_digest": c.protocol.digest(),
                      "protocol": c.protocol.model_dump(mode="json"), "protocol_words": describe_protocol(c.protocol)}
                     for c in t.columns],
-        "common_settings": [{"samplers": None if s is None else list(s), "knob": k, "value": v} for s, k, v in t.common],
+        "common_settings": [{"samplers": None if s is None else list(s), "knob": k, "value": v}
+                            for s, k, v in t.common],
         "rows": out_rows,
     }
 
@@ -343,7 +356,7 @@ def leaderboard_data(entries: Sequence[LoadedEntry], reference: str | None = Non
                      allow_unverified: bool = False) -> dict[str, Any]:
     """The whole leaderboard as JSON-ready data (what ``leaderboard.json`` holds).
 
-    Every entry is verified first (:func:`dllm_bench.gate.verified`).
+    Every entry is verified first (:func:`dllm_bench.entries.verified`).
 
     Returns:
         ``{"format", "n_entries", "reference", "tables": [...]}``; each table has ``heading``,
@@ -405,7 +418,8 @@ def table_columns(t: dict[str, Any]) -> list[dict[str, Any]]:
     sampler, metric, cost, delta; ``lines``: the name in parts, one per line of a terminal
     header, e.g. ``["gsm8k_calc", "Δ accuracy", "vs dLLM SFT · static"]``); the same in
     Markdown, the terminal and HTML."""
-    cols = [{"lines": ["system"], "kind": "system", "task": None}, {"lines": ["family"], "kind": "family", "task": None},
+    cols = [{"lines": ["system"], "kind": "system", "task": None},
+            {"lines": ["family"], "kind": "family", "task": None},
             {"lines": ["sampler"], "kind": "sampler", "task": None}]
     for c in t["columns"]:
         task = c["task"]
@@ -542,8 +556,14 @@ def published_section(entries: Sequence[LoadedEntry], published_dir: str | Path 
     published figure (:func:`dllm_bench.published.reproduction_rows`): published value,
     measured ± stderr, Δ, whether |Δ| ≤ 2 stderr, and the stated settings that differ.
     None when no entry has a counterpart."""
-    from .published import MARKDOWN_HEADERS, load_published, markdown_cells, measured_from_entry
-    from .published import reproduction_rows, to_dicts
+    from .published import (
+        MARKDOWN_HEADERS,
+        load_published,
+        markdown_cells,
+        measured_from_entry,
+        reproduction_rows,
+        to_dicts,
+    )
     from .published import to_markdown as repro_markdown
 
     measured = [m for m in (measured_from_entry(e) for e in entries) if m is not None]
@@ -774,7 +794,8 @@ padding:4px 8px;text-align:left;vertical-align:top} table.lb th{background:#f6f8
 white-space:nowrap} table.lb th.sorted-asc::after{content:" \\25B2"} table.lb th.sorted-desc::after{content:" \\25BC"}
 tr.ar-baseline{background:#fff8c5} tr.unverified{background:#ffebe9} .badge{display:inline-block;background:#9a6700;
 color:#fff;border-radius:8px;padding:0 6px;font-size:.8em;margin-left:4px} .badge.unverified{background:#cf222e}
-table.lb td:first-child{white-space:nowrap} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td.na{color:#8c959f;text-align:center}
+table.lb td:first-child{white-space:nowrap} \
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td.na{color:#8c959f;text-align:center}
 ul.notes{font-size:.85em;color:#1b1f24} ul.notes li{margin:.2em 0} details{margin:.3em 0}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.8em} figure{margin:1em 0}
 .cfg{font-family:ui-monospace,monospace;font-size:.8em;max-width:60em;word-break:break-word}

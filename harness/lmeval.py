@@ -60,11 +60,12 @@ import os
 import platform
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import BadInputError, RunFailedError
-from .schema import canonical_json, sha256_text
+from .schema import Entry, canonical_json, sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +424,7 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
                     limit: int | None = None, samples: int = 1, batch_size: int = 8, seed: int = 0,
                     output: str | Path = "runs/eval", sandbox: str | None = None, data_source: str = "packaged",
                     record_trajectory: bool = False, label: str | None = None,
-                    reference: str | None = None) -> "Entry":
+                    reference: str | None = None) -> Entry:
     """Run the lm-eval task ``task`` (``lm-eval:<name>`` or ``<name>``) through a dllm-bench
     sampler and write ``<output>/entry.json`` + ``<output>/samples.jsonl``.
 
@@ -450,11 +451,28 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     """
     _require_lmeval()
     import lm_eval
+
     from . import __version__
     from .envinfo import device_string, git_info, library_versions
     from .results import SampleStore
-    from .schema import (Cost, DatasetKey, Entry, HarnessInfo, Metric, ModelInfo, PromptKey, Repro, SampleRecord,
-                         SamplerKey, SamplesRef, ScorerKey, Status, TaskKey, sha256_file, split_keys)
+    from .schema import (
+        Cost,
+        DatasetKey,
+        Entry,
+        HarnessInfo,
+        Metric,
+        ModelInfo,
+        PromptKey,
+        Repro,
+        SampleRecord,
+        SamplerKey,
+        SamplesRef,
+        ScorerKey,
+        Status,
+        TaskKey,
+        sha256_file,
+        split_keys,
+    )
 
     name = task.split(":", 1)[1] if task.startswith("lm-eval:") else task
     targs = dict(task_args or {})

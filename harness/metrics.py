@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:

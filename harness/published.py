@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence, Union
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -116,7 +117,7 @@ class Row(StrictModel):
     model: str = Field(description="Key into the file's models")
     mode: Mode = Field(description="Sampling mode: static / dynamic (block or semi-AR diffusion) or ar")
     settings: str = Field(description="Key into the file's settings")
-    values: list[Union[float, None, Cell]] = Field(description="One per task column, in the order of tasks: "
+    values: list[float | None | Cell] = Field(description="One per task column, in the order of tasks: "
                                                    "percent, null ('-' in the table) or a cell with sub-cells")
     notes: str | None = None
 
@@ -332,7 +333,7 @@ class Measured:
 
 def measured_from_entry(entry: Any, *, name: str | None = None, metric: str = "accuracy") -> Measured | None:
     """The :class:`Measured` view of a leaderboard entry (:class:`dllm_bench.schema.Entry`,
-    or an object with an ``entry`` attribute such as ``gate.LoadedEntry``); None when the
+    or an object with an ``entry`` attribute such as ``entries.LoadedEntry``); None when the
     entry has no ``metric``.
 
     ``system`` is ``name`` (a table's row name), else the entry's label, else the model id.

@@ -91,9 +91,9 @@ class Recipe(StrictModel):
     stages: list[StageDecl] = Field(default_factory=list)
     evaluations: list[EvalDecl] = Field(default_factory=list)
     gpu_required: bool = Field(False, description="The recipe needs CUDA (checked before running)")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads for the whole run (null = torch's "
-                                      "default); 1 is fastest for the tiny CPU models, whose matrices are too small "
-                                      "to split")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads for the whole run (null = "
+                                      "torch's default); 1 is fastest for the tiny CPU models, whose matrices are too "
+                                      "small to split")
     deterministic: bool | None = Field(None, description="Deterministic mode (dllm_bench.determinism): pin the "
                                        "CPU code paths, thread counts and deterministic algorithms before torch "
                                        "loads, so any x86-64 machine gives the same bits. null = on for CPU recipes "
@@ -119,7 +119,7 @@ class Recipe(StrictModel):
         return (not self.gpu_required) if self.deterministic is None else self.deterministic
 
     @model_validator(mode="after")
-    def _ids_resolve(self) -> "Recipe":
+    def _ids_resolve(self) -> Recipe:
         """Every ``${id}`` and evaluation model names a declared or produced model, ids and labels
         are unique, references name labels; each error is located at its field (its line in the
         recipe file, :class:`~dllm_bench.errors.LocatedValueError`)."""
@@ -529,7 +529,7 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
     console.print(f"running recipe [bold]{escape(rec.name)}[/] ({escape(str(path))}) into {escape(str(run_dir))}"
                   f"{' (deterministic mode)' if rec.wants_deterministic() else ''}")
     summary = run_recipe(rec, run_dir)
-    from .gate import load_entries
+    from .entries import load_entries
     from .leaderboard import build, show_cli
 
     entries = [le for p in summary["entries"] for le in load_entries(p)]

@@ -24,9 +24,10 @@ import difflib
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable
+from typing import Any
 
 from .errors import BadInputError, LocatedValueError, PluginError
 
@@ -136,7 +137,7 @@ def names(kind: str) -> list[str]:
     return [p.name for p in discover(kind)]
 
 
-def did_you_mean(name: str, choices: "list[str] | tuple[str, ...]") -> str:
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """``"; did you mean 'a' or 'b'?"`` for the names in ``choices`` close to ``name`` (difflib),
     else ``""``. Shared by every unknown-name error (plugins, model specs, recipes, backends)."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
@@ -196,7 +197,7 @@ def create(kind: str, name: str, config: dict[str, Any] | None = None, *, source
 
 
 def validate_config(model: type, data: dict[str, Any], *, what: str, source: str | None = None,
-                    line: "int | Callable[[tuple], int | None] | None" = None):
+                    line: int | Callable[[tuple], int | None] | None = None):
     """Validate ``data`` against pydantic ``model``.
 
     ``line`` is the 1-based line of ``data`` in ``source``, or a function from the failing

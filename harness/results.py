@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .errors import BadInputError
 from .schema import SampleRecord
@@ -111,7 +111,7 @@ class SampleStore:
                 if not self._failed:
                     raise
 
-    def __enter__(self) -> "SampleStore":
+    def __enter__(self) -> SampleStore:
         return self
 
     def __exit__(self, *exc) -> None:

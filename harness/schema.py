@@ -85,7 +85,8 @@ class DatasetKey(StrictModel):
 
 class PromptKey(StrictModel):
     template_sha256: str = Field(description="sha256 of the task's prompt template text")
-    chat_template_sha256: str | None = Field(description="sha256 of the tokenizer chat template; null when none is used")
+    chat_template_sha256: str | None = Field(description="sha256 of the tokenizer chat template; null when none is "
+                                                         "used")
     num_fewshot: int = Field(0, description="Few-shot examples in the prompt")
     fewshot_seed: int | None = Field(None, description="Seed that chose the few-shot examples (lm-eval tasks with "
                                                        "num_fewshot > 0); omitted when none")
@@ -138,7 +139,7 @@ class _Key(StrictModel):
         """sha256 of the canonical JSON of the key (hex)."""
         return sha256_text(canonical_json(self.model_dump(mode="json")))
 
-    def diff(self, other: "_Key") -> list[str]:
+    def diff(self, other: _Key) -> list[str]:
         """Dotted paths of the fields whose values differ between two keys of one kind."""
         return _diff(self.model_dump(mode="json"), other.model_dump(mode="json"), "")
 
@@ -267,7 +268,7 @@ def describe_differences(a: _Key, b: _Key, *, names: tuple[str, str] | None = No
     return out
 
 
-def describe_protocol(p: "ProtocolKey") -> str:
+def describe_protocol(p: ProtocolKey) -> str:
     """A protocol in words, e.g. ``"gsm8k_calc v1 · dataset packaged/test, 267 of 1319
     documents evaluated (sha256 1a2b3c4d5e) · prompt 0-shot (template 9f8e7d6c5b) · scorer
     math-verify 0.9.0 · 4 samples per problem · max new tokens 8 · no sandbox"``."""
@@ -302,7 +303,7 @@ def get_path(d: Any, dotted: str) -> Any:
     return d
 
 
-def system_model(model: "ModelInfo") -> SystemModel:
+def system_model(model: ModelInfo) -> SystemModel:
     """The system-side identity of an evaluated model (:class:`SystemModel`).
 
     A model trained here (``model.training`` set) is named by its base model and trainer
@@ -326,7 +327,7 @@ def system_model(model: "ModelInfo") -> SystemModel:
 
 
 def split_keys(task: TaskKey | dict[str, Any], samples_per_problem: int, sampler: SamplerKey | dict[str, Any],
-               sandbox: SandboxKey | dict[str, Any] | None, model: "ModelInfo") -> tuple[ProtocolKey, SystemKey]:
+               sandbox: SandboxKey | dict[str, Any] | None, model: ModelInfo) -> tuple[ProtocolKey, SystemKey]:
     """The protocol and system keys of one evaluation, from what the task, sampler, sandbox
     and model report: the chat template goes to the system, the generation budget
     (:data:`GENERATION_FIELDS` of the sampler config) to the protocol.
@@ -468,7 +469,7 @@ class Entry(StrictModel):
         return upgrade_entry_dict(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
-    def _reference_is_first_class(self) -> "Entry":
+    def _reference_is_first_class(self) -> Entry:
         """Entries written before ``reference`` was a field kept it in
         ``repro.model.training["reference"]``: read there, it moves to :attr:`reference`."""
         training = self.repro.model.training
@@ -479,7 +480,7 @@ class Entry(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _digests_match(self) -> "Entry":
+    def _digests_match(self) -> Entry:
         if self.protocol_digest != self.protocol.digest() or self.system_digest != self.system.digest():
             raise ValueError("protocol_digest / system_digest do not match the keys (the entry was edited)")
         return self
@@ -487,10 +488,11 @@ class Entry(StrictModel):
     @classmethod
     def create(cls, *, protocol: ProtocolKey, system: SystemKey, repro: Repro, label: str | None,
                metrics: dict[str, Metric], cost: Cost, status: Status, samples: SamplesRef,
-               reference: str | None = None) -> "Entry":
+               reference: str | None = None) -> Entry:
         """A new entry with its digests, id and creation time filled in."""
         return cls(entry_id=cls.make_id(protocol, system, repro.model, repro.seeds), created_at=cls.now(),
-                   label=label, reference=reference, protocol=protocol, protocol_digest=protocol.digest(), system=system,
+                   label=label, reference=reference, protocol=protocol, protocol_digest=protocol.digest(),
+                   system=system,
                    system_digest=system.digest(), repro=repro, metrics=metrics, cost=cost, status=status,
                    samples=samples)
 
@@ -515,7 +517,7 @@ class Entry(StrictModel):
         return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Entry":
+    def load(cls, path: str | Path) -> Entry:
         from .errors import BadInputError
         from .registry import validate_config
 
@@ -554,12 +556,7 @@ class SampleRecord(StrictModel):
 
 
 def schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schemas of every file format dllm-bench reads or writes (name -> schema)."""
-    out = {"entry": Entry.model_json_schema(), "sample": SampleRecord.model_json_schema()}
-    try:  # recipe schema arrives with the cycle issue
-        from .recipes import Recipe
-
-        out["recipe"] = Recipe.model_json_schema()
-    except ImportError:
-        pass
-    return out
+    """JSON Schemas of the formats this module owns, entries and per-sample records (name ->
+    schema); ``dllm-bench schema`` adds the recipe and published-figures schemas from their
+    own modules."""
+    return {"entry": Entry.model_json_schema(), "sample": SampleRecord.model_json_schema()}

@@ -14,12 +14,12 @@ forwards while it was unfinished, i.e. its generated tokens (EOS included).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from .base import (Generation, SamplerBase, SamplingConfig, Timer, filter_logits, finish, make_generators,
-                   row_seeds)
+from .base import Generation, SamplerBase, SamplingConfig, Timer, filter_logits, finish, make_generators, row_seeds
 
 
 class ARConfig(SamplingConfig):

@@ -12,8 +12,9 @@ Cost: vLLM does not expose forward counts; a sequence's ``nfe`` is its generated
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from dllm_bench.errors import BadInputError
 

@@ -49,9 +49,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,7 @@ class BlockAttentionSpec:
     @classmethod
     def from_prompt_lens(cls, prompt_lens: list[int] | torch.Tensor, padded_prompt_len: int,
                          block_size: int, *, copy_len: int = 0,
-                         device: torch.device | str | None = None) -> "BlockAttentionSpec":
+                         device: torch.device | str | None = None) -> BlockAttentionSpec:
         """Spec for prompts left-padded to ``padded_prompt_len`` columns (``dllm_bench.blocks``).
 
         Args:
@@ -124,7 +125,7 @@ class BlockAttentionSpec:
 
     @classmethod
     def from_key_valid(cls, prompt_valid: torch.Tensor, block_size: int, *,
-                       copy_len: int = 0) -> "BlockAttentionSpec":
+                       copy_len: int = 0) -> BlockAttentionSpec:
         """Spec from a ``[batch, P]`` bool mask of real (left-padded) prompt columns.
 
         Raises:
@@ -159,7 +160,7 @@ class BlockAttentionSpec:
             ks = self._cache[key] = ks.contiguous()
         return ks
 
-    def layout(self, q_len: int, kv_len: int) -> "MaskLayout":
+    def layout(self, q_len: int, kv_len: int) -> MaskLayout:
         """Resolve the scalar parameters for a call with these lengths (see :class:`MaskLayout`).
 
         Raises:
@@ -172,7 +173,7 @@ class BlockAttentionSpec:
             lay = self._cache[key] = self._layout(q_len, kv_len)
         return lay
 
-    def _layout(self, q_len: int, kv_len: int) -> "MaskLayout":
+    def _layout(self, q_len: int, kv_len: int) -> MaskLayout:
         if q_len > kv_len:
             raise ValueError(f"q_len {q_len} > kv_len {kv_len}: queries must be the last key columns")
         B = int(self.block_size)

@@ -59,8 +59,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -445,7 +446,7 @@ class Timer:
         self.device = device
         self.seconds = 0.0
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._sync()
         self._t0 = time.perf_counter()
         return self
@@ -547,7 +548,8 @@ class RowBook:
                 self.step_map[r][offs[i] + c] = self.steps[r]
             if self.record and cols:
                 self.commits[r].append(StepCommit(self.steps[r], block, [offs[i] + c for c in cols],
-                                                  x0_c[i, cols].tolist(), [round(v, 6) for v in conf_c[i, cols].tolist()]))
+                                                  x0_c[i, cols].tolist(),
+                                                  [round(v, 6) for v in conf_c[i, cols].tolist()]))
 
     def trajectory(self, r: int, block_size: int, block_alignment: str = "response") -> Trajectory:
         n = self.decoded[r]
@@ -569,12 +571,12 @@ class DiffusionBatch:
     ``resp_start`` ``[b]`` the column of each row's first response token. Block ``k`` is
     columns ``[P + kB, P + (k+1)B)`` for every row. ``pad_unit`` (full-attention models,
     whose blocks count from the response start): prompts are left-padded to a multiple of it
-    instead of B (1: only to the batch's longest prompt, so a single prompt has no pads).
+    instead of B (1: only to the batch's longest prompt, so a single prompt has no pads). Rows
+    leave the batch after their last block or the block in which they finish
+    (:meth:`end_block`); ``rows`` maps batch rows to prompt indices.
 
     Raises:
-        BadInputError: padding is needed and the model cannot mask it (``masks_padding``). Rows leave the batch after their last
-    block or the block in which they finish (:meth:`end_block`); ``rows`` maps batch rows
-    to prompt indices.
+        BadInputError: padding is needed and the model cannot mask it (``masks_padding``).
     """
 
     def __init__(self, model: Any, prompts: Sequence[Sequence[int]], block_size: int, cfg: Any,
@@ -671,7 +673,8 @@ class DiffusionBatch:
                 keep.append(i)
         if keep and len(keep) < len(self.rows):
             idx = torch.as_tensor(keep, dtype=torch.long, device=self.x.device)
-            self.x, self.valid, self.pos, self.kv_start = self.x[idx], self.valid[idx], self.pos[idx], self.kv_start[idx]
+            self.x, self.valid, self.pos = self.x[idx], self.valid[idx], self.pos[idx]
+            self.kv_start = self.kv_start[idx]
             self.resp_start = self.resp_start[idx]
             if self.cache is not None:
                 self.cache.select(idx)

@@ -72,15 +72,24 @@ decoded position; greedy is ``temperature = 0`` (the reference divides by the te
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from dllm_bench.blocks import block_causal_mask
 
-from .base import (DiffusionBatch, DiffusionConfig, Generation, SamplerBase, Timer, diffusion_generations, row_seeds,
-                   step_quotas)
+from .base import (
+    DiffusionBatch,
+    DiffusionConfig,
+    Generation,
+    SamplerBase,
+    Timer,
+    diffusion_generations,
+    row_seeds,
+    step_quotas,
+)
 
 
 class BlockStaticConfig(DiffusionConfig):

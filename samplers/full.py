@@ -61,15 +61,24 @@ column left of the block instead.)
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from dllm_bench.errors import BadInputError
 
-from .base import (DiffusionBatch, DiffusionConfig, Generation, SamplerBase, Timer, diffusion_generations, row_seeds,
-                   step_quotas)
+from .base import (
+    DiffusionBatch,
+    DiffusionConfig,
+    Generation,
+    SamplerBase,
+    Timer,
+    diffusion_generations,
+    row_seeds,
+    step_quotas,
+)
 
 
 class FullDiffusionConfig(DiffusionConfig):

@@ -174,7 +174,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, start_n, end, offs_d, 
 
 @triton.jit(do_not_specialize=_SCALARS)
 def _fwd_kernel(
-    Q, K, V, O, LSE, KV_START, MASK, OUT, LSE_OUT, SEM,
+    Q, K, V, O, LSE, KV_START, MASK, OUT, LSE_OUT, SEM,  # noqa: E741 - Q, K, V, O: the attention operands' names
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
     sob, soh, som, sos, slb, slh, sls, smb, smh, smq, smk, sfb, sfh, sfm,
     n_kv_heads, q_len, kv_len, q_offset,
@@ -438,7 +438,7 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count

@@ -53,6 +53,10 @@ TEST_LINE_PREFIX = "__dllm_test__ "
 """Prefix of the per-test result lines written by :func:`build_test_program` programs."""
 
 
+class SandboxUnavailable(RuntimeError):
+    """The backend cannot run here (message says why and how to fix it)."""
+
+
 class Limits(BaseModel):
     """Resource limits for one sandboxed run (every field has a unit in its name or doc).
 
@@ -83,7 +87,7 @@ class Limits(BaseModel):
     tmpfs_mb: int = Field(64, ge=1, description="MiB, size of each writable tmpfs")
     max_output_bytes: int = Field(4 << 20, ge=1024, description="bytes of stdout+stderr")
 
-    def scaled(self, wall_time_s: float | None = None, cpu_time_s: float | None = None) -> "Limits":
+    def scaled(self, wall_time_s: float | None = None, cpu_time_s: float | None = None) -> Limits:
         """A copy with new time limits (e.g. per-test budgets times the number of tests)."""
         upd: dict[str, Any] = {}
         if wall_time_s is not None:
@@ -540,27 +544,3 @@ def sandbox_key(sandbox: Any, limits: Limits) -> dict[str, Any]:
     return {"name": sandbox.name, "version": sandbox.version,
             "isolation": f"{iso} [python {d.get('python_version', '?')}, {ident}]",
             "limits": limits.model_dump()}
-
-
-def try_open(name: str, *, build_missing_image: bool = False, **config: Any) -> tuple[Any | None, str]:
-    """``(sandbox, "")`` for backend ``name`` with ``config``, or ``(None, why not)``.
-
-    ``build_missing_image``: for docker, build the image first when it is missing
-    (:func:`dllm_bench.sandboxes.docker.build_image`, cached root fs). Used by tests and
-    ``sandbox check`` to skip with a reason instead of failing.
-    """
-    from dllm_bench import registry
-
-    try:
-        cls = registry.load("sandboxes", name)
-        if build_missing_image and name == "docker":
-            from .docker import build_image
-
-            build_image()
-        if not config.get("unsafe_no_isolation"):
-            ok, why = cls.available()
-            if not ok:
-                return None, why
-        return cls(cls.Config(**config)), ""
-    except Exception as exc:  # noqa: BLE001 - SandboxUnavailable, engine errors, ...
-        return None, f"{name} sandbox unavailable: {exc}"

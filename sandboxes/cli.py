@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -52,9 +52,34 @@ def check_backend(name: str, *, unsafe_no_isolation: bool = False) -> dict[str, 
     return row
 
 
+def try_open(name: str, *, build_missing_image: bool = False, **config: Any) -> tuple[Any | None, str]:
+    """``(sandbox, "")`` for backend ``name`` with ``config``, or ``(None, why not)``.
+
+    ``build_missing_image``: for docker, build the image first when it is missing
+    (:func:`dllm_bench.sandboxes.docker.build_image`, cached root fs). Used by tests and
+    benchmarks to skip with a reason instead of failing (it lives here, above both backends,
+    so that the contract module :mod:`dllm_bench.sandboxes.base` imports no backend).
+    """
+    from dllm_bench import registry
+
+    try:
+        cls = registry.load("sandboxes", name)
+        if build_missing_image and name == "docker":
+            from .docker import build_image
+
+            build_image()
+        if not config.get("unsafe_no_isolation"):
+            ok, why = cls.available()
+            if not ok:
+                return None, why
+        return cls(cls.Config(**config)), ""
+    except Exception as exc:  # noqa: BLE001 - SandboxUnavailable, engine errors, ...
+        return None, f"{name} sandbox unavailable: {exc}"
+
+
 @app.command("check")
 def check(
-    backend: Annotated[Optional[str], typer.Option(help="process | docker (default: all installed backends).")] = None,
+    backend: Annotated[str | None, typer.Option(help="process | docker (default: all installed backends).")] = None,
     unsafe_no_isolation: Annotated[bool, typer.Option(
         "--unsafe-no-isolation", help="DANGEROUS: probe the process backend without bubblewrap.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
@@ -97,7 +122,7 @@ def check(
 def build_image_cmd(
     rebuild: Annotated[bool, typer.Option(help="Rebuild even if the image (and cached root fs) exist.")] = False,
     suite: Annotated[str, typer.Option(help="Debian suite for debootstrap.")] = "bookworm",
-    mirror: Annotated[Optional[str], typer.Option(help="Debian mirror (default $DLLM_BENCH_DEBIAN_MIRROR "
+    mirror: Annotated[str | None, typer.Option(help="Debian mirror (default $DLLM_BENCH_DEBIAN_MIRROR "
                                                        "or http://deb.debian.org/debian).")] = None,
 ):
     """Build dllm-bench-sandbox:bookworm without a registry (debootstrap + docker import).
@@ -107,8 +132,8 @@ def build_image_cmd(
     """
     from dllm_bench.console import console, print_line
 
+    from .base import SandboxUnavailable
     from .docker import IMAGE, build_image
-    from .process import SandboxUnavailable
 
     try:
         image_id = build_image(IMAGE, suite=suite, mirror=mirror, rebuild=rebuild,

@@ -38,9 +38,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import (PYTHON_FLAGS, RUNNER_SOURCE, Limits, Outcome, OutputCap, SandboxContext, classify, make_payload,
-                   sandbox_env)
-from .process import SandboxUnavailable
+from .base import (
+    PYTHON_FLAGS,
+    RUNNER_SOURCE,
+    Limits,
+    Outcome,
+    OutputCap,
+    SandboxContext,
+    SandboxUnavailable,
+    classify,
+    make_payload,
+    sandbox_env,
+)
 
 IMAGE = "dllm-bench-sandbox:bookworm"
 LABEL = "dllm-bench.sandbox"
@@ -261,7 +270,7 @@ def _read_int(path: str | None, key: str | None = None) -> int | None:
 class _Pool:
     """Warm containers for one set of container-level limits (thread-safe)."""
 
-    def __init__(self, owner: "DockerSandbox", limits: Limits, size: int):
+    def __init__(self, owner: DockerSandbox, limits: Limits, size: int):
         self.owner, self.limits, self.size = owner, limits, size
         self.idle: list[_Container] = []
         self.count = 0

@@ -43,16 +43,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import (PYTHON_FLAGS, RUNNER_SOURCE, Limits, Outcome, OutputCap, SandboxContext, classify, make_payload,
-                   sandbox_env)
+from .base import (
+    PYTHON_FLAGS,
+    RUNNER_SOURCE,
+    Limits,
+    Outcome,
+    OutputCap,
+    SandboxContext,
+    SandboxUnavailable,
+    classify,
+    make_payload,
+    sandbox_env,
+)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 NOBODY = 65534
 _TOP_LEVEL_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-
-
-class SandboxUnavailable(RuntimeError):
-    """The backend cannot run here (message says why and how to fix it)."""
 
 
 def resolve_python(python: str = SYSTEM_PYTHON) -> str:
@@ -132,9 +138,9 @@ def python_layout(real_python: str) -> dict[str, Any]:
             binds.add(d_real)
     # drop binds covered by a parent bind, and links that live inside a bind
     final = sorted(b for b in binds if not any(b != o and b.startswith(o.rstrip("/") + "/") for o in binds))
-    keep = {l: t for l, t in links.items()
-            if not any(l == b or l.startswith(b.rstrip("/") + "/") for b in final)}
-    return {"version": info["version"], "binds": final, "links": sorted((t, l) for l, t in keep.items())}
+    keep = {link: t for link, t in links.items()
+            if not any(link == b or link.startswith(b.rstrip("/") + "/") for b in final)}
+    return {"version": info["version"], "binds": final, "links": sorted((t, link) for link, t in keep.items())}
 
 
 def _bwrap_version(bwrap: str) -> str:
@@ -255,7 +261,7 @@ class ProcessSandbox(SandboxContext):
             cmd += ["--ro-bind", b, b]
         for name in _TOP_LEVEL_LINKS:  # usr-merged systems: /lib -> usr/lib etc.
             p = "/" + name
-            if os.path.islink(p) and not any(l == p for _, l in self.layout["links"]):
+            if os.path.islink(p) and not any(link == p for _, link in self.layout["links"]):
                 cmd += ["--symlink", os.readlink(p), p]
         for target, link in self.layout["links"]:
             cmd += ["--symlink", target, link]

@@ -143,7 +143,7 @@ def main():
         stdin_data = data[p1:p1 + int(header["stdin_len"])]
         del data
     except Exception as exc:  # pragma: no cover - harness bug
-        _say("bad payload: %r" % (exc,))
+        _say(f"bad payload: {exc!r}")
         os._exit(EXIT_BAD_PAYLOAD)
     marker = header.pop("marker", None)
 
@@ -183,8 +183,8 @@ def main():
         if marker is None:
             raise
         _flush()
-        _say("the program raised SystemExit(%r) before the test harness finished; "
-             "scored as a failure" % (exc.code,))
+        _say(f"the program raised SystemExit({exc.code!r}) before the test harness finished; "
+             "scored as a failure")
         os._exit(EXIT_PREMATURE)
     except MemoryError:
         _flush()

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -77,7 +78,7 @@ class TaskConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="Keep only the first N documents (stable order)")
 
     @model_validator(mode="after")
-    def _source_options_match(self) -> "TaskConfig":
+    def _source_options_match(self) -> TaskConfig:
         if self.data_source == "hub" and self.data_path is not None:
             raise ValueError("data_path is for data_source='packaged'; for hub files use hub.data_files")
         if self.data_source == "packaged" and self.hub is not None:

@@ -40,9 +40,10 @@ import ast
 import re
 import secrets
 import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -51,8 +52,18 @@ from dllm_bench.metrics import standard_metrics
 from dllm_bench.plugins import Doc, Verdict
 from dllm_bench.sandboxes.base import Limits, build_test_program, new_marker, parse_test_lines
 from dllm_bench.schema import ScorerKey
-from dllm_bench.tasks.base import (BaseTask, DataSpec, HubSpec, LoadedData, Message, TaskConfig, load_split,
-                                   render_chat, require_fields, sample_ks)
+from dllm_bench.tasks.base import (
+    BaseTask,
+    DataSpec,
+    HubSpec,
+    LoadedData,
+    Message,
+    TaskConfig,
+    load_split,
+    render_chat,
+    require_fields,
+    sample_ks,
+)
 
 SCORER = ScorerKey(name="sandboxed-exec", version="1")
 
@@ -271,7 +282,7 @@ class CodeTask(BaseTask):
         items = list(items)
         if not items:
             return []
-        self.sandbox  # open once, before the threads start
+        _ = self.sandbox  # open once, before the threads start
         if self.config.workers <= 1 or len(items) == 1:
             return [self.score(d, c) for d, c in items]
         with ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="code-score") as pool:

@@ -48,8 +48,16 @@ from pydantic import Field
 
 from dllm_bench.plugins import Doc, Verdict
 from dllm_bench.schema import ScorerKey
-from dllm_bench.tasks.base import (BaseTask, DataSpec, HubSpec, LoadedData, Message, TaskConfig,
-                                   load_split, require_fields)
+from dllm_bench.tasks.base import (
+    BaseTask,
+    DataSpec,
+    HubSpec,
+    LoadedData,
+    Message,
+    TaskConfig,
+    load_split,
+    require_fields,
+)
 
 ANNOTATION = re.compile(r"<<([^<>]*)>>")
 BINARY = re.compile(r"(\d+)([-+*/])(\d+)")

@@ -41,19 +41,28 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from importlib import metadata
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from dllm_bench.errors import BadInputError
 from dllm_bench.plugins import Doc, Verdict
 from dllm_bench.schema import ScorerKey
-from dllm_bench.tasks.base import (BaseTask, DataSpec, HubSpec, LoadedData, Message, TaskConfig,
-                                   load_split, require_fields)
+from dllm_bench.tasks.base import (
+    BaseTask,
+    DataSpec,
+    HubSpec,
+    LoadedData,
+    Message,
+    TaskConfig,
+    load_split,
+    require_fields,
+)
 
 log = logging.getLogger("dllm_bench.tasks.math")
 
@@ -223,7 +232,8 @@ class MathConfig(TaskConfig):
     timeout_s: int = Field(5, ge=0, description="math-verify timeout per parse / comparison, seconds "
                                                 "(signal-based: main thread only; 0 disables)")
     score_workers: int | None = Field(None, ge=1, description="Processes for batch scoring; default "
-                                                              "DLLM_BENCH_SCORE_WORKERS or min(4, CPUs); 1 = in-process")
+                                                              "DLLM_BENCH_SCORE_WORKERS or min(4, CPUs); 1 = "
+                                                              "in-process")
 
 
 class MathTask(BaseTask):

@@ -66,7 +66,7 @@ def ci_run(tmp_path_factory):
 
 def open_sandbox_or_skip(backend: str):
     """A real sandbox backend (the Docker image is built on first use), or skip with the reason."""
-    from dllm_bench.sandboxes.base import try_open
+    from dllm_bench.sandboxes.cli import try_open
 
     sb, why = try_open(backend, build_missing_image=True, **({"pool_size": 1} if backend == "docker" else {}))
     if sb is None:

@@ -32,9 +32,26 @@ import sys
 from pathlib import Path
 
 from dllm_bench.metrics import standard_metrics
-from dllm_bench.schema import (Cost, DatasetKey, Entry, HarnessInfo, Metric, ModelInfo, PromptKey, Repro,
-                               SampleRecord, SamplerKey, SamplesRef, ScorerKey, Status, TaskKey, canonical_json,
-                               sha256_file, sha256_text, split_keys)
+from dllm_bench.schema import (
+    Cost,
+    DatasetKey,
+    Entry,
+    HarnessInfo,
+    Metric,
+    ModelInfo,
+    PromptKey,
+    Repro,
+    SampleRecord,
+    SamplerKey,
+    SamplesRef,
+    ScorerKey,
+    Status,
+    TaskKey,
+    canonical_json,
+    sha256_file,
+    sha256_text,
+    split_keys,
+)
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "fixtures" / "entries"
@@ -141,7 +158,8 @@ def build(out: Path = OUT) -> list[Path]:
         _entry(out, key_a, "tiny-block-dlm (regressed)", "block-diffusion", _records(docs, regressed, 12),
                wall_s=8.0, training={"trainer": "sft", "steps": 5}),
         _entry(out, _key("gsm8k", "block-dynamic", _block(0.7)), sft_label, "block-diffusion",
-               _records(docs, [[i % 4 == 0] for i in range(n)], 5), wall_s=2.5, training={"trainer": "sft", "steps": 50}),
+               _records(docs, [[i % 4 == 0] for i in range(n)], 5), wall_s=2.5,
+               training={"trainer": "sft", "steps": 50}),
         _entry(out, _key("gsm8k", "ar", AR_CONFIG), "tiny-ar", "ar",
                _records(docs, [[i % 3 == 0] for i in range(n)], 16), wall_s=5.0, baseline=True),
         _entry(out, _key("gsm8k", "block-static", _block(1.0, "static"), k=4, n=10), sft_label, "block-diffusion",

@@ -10,9 +10,17 @@ import torch
 
 from dllm_bench import blocks
 from dllm_bench.errors import BadInputError
-from dllm_bench.samplers.attention import (BACKENDS, TRANSFORMERS_ATTN_NAMES, BlockAttentionSpec, attention,
-                                           attention_reference, block_attention_mask, flex_attention,
-                                           register_transformers_attention, staircase_attention_mask)
+from dllm_bench.samplers.attention import (
+    BACKENDS,
+    TRANSFORMERS_ATTN_NAMES,
+    BlockAttentionSpec,
+    attention,
+    attention_reference,
+    block_attention_mask,
+    flex_attention,
+    register_transformers_attention,
+    staircase_attention_mask,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 

@@ -22,8 +22,12 @@ pytest.importorskip("triton", reason="triton is an optional extra (pip install d
 
 from dllm_bench import blocks  # noqa: E402
 from dllm_bench.samplers import triton_attention as ta  # noqa: E402
-from dllm_bench.samplers.attention import (BlockAttentionSpec, attention, attention_reference,  # noqa: E402
-                                           register_transformers_attention)
+from dllm_bench.samplers.attention import (  # noqa: E402
+    BlockAttentionSpec,
+    attention,
+    attention_reference,
+    register_transformers_attention,
+)
 
 if not CUDA and not ta.interpreting():  # imported earlier in this process without the interpreter
     ta = importlib.reload(ta)
@@ -193,7 +197,8 @@ def test_transformers_forward_with_triton_backend():
         m.set_attn_implementation("sdpa")
         ref = m(ids, attention_mask=blocks.block_causal_mask(kv, B), position_ids=pos).logits
         m.set_attn_implementation(names["triton"])
-        out = m(ids, position_ids=pos, block_attention=BlockAttentionSpec.from_prompt_lens(lens, pb.padded_len, B)).logits
+        spec = BlockAttentionSpec.from_prompt_lens(lens, pb.padded_len, B)
+        out = m(ids, position_ids=pos, block_attention=spec).logits
     torch.testing.assert_close(out[kv], ref[kv], atol=1e-4, rtol=1e-4)
 
 

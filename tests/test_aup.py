@@ -97,7 +97,7 @@ def test_curves_join_only_one_artifact_swept_in_a_parallelism_knob():
     from pathlib import Path
 
     from dllm_bench.aup import curve_points
-    from dllm_bench.gate import load_entries
+    from dllm_bench.entries import load_entries
 
     fix = Path(__file__).resolve().parent / "fixtures"
     curves = curve_points(load_entries(fix / "entries"))

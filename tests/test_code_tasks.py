@@ -18,10 +18,21 @@ from pathlib import Path
 import pytest
 
 from dllm_bench.plugins import Verdict
-from dllm_bench.sandboxes.base import try_open
-from dllm_bench.tasks.code import (HUMANEVAL, LEETCODE_CONTEST, LIVECODEBENCH, MBPP, CodeConfig, HumanEvalConfig,
-                                   LcbConfig, MbppConfig, cut_at_stops, extract_code, fenced_blocks,
-                                   lcb_stdio_equal)
+from dllm_bench.sandboxes.cli import try_open
+from dllm_bench.tasks.code import (
+    HUMANEVAL,
+    LEETCODE_CONTEST,
+    LIVECODEBENCH,
+    MBPP,
+    CodeConfig,
+    HumanEvalConfig,
+    LcbConfig,
+    MbppConfig,
+    cut_at_stops,
+    extract_code,
+    fenced_blocks,
+    lcb_stdio_equal,
+)
 
 MBPP_KNOWN_FAILURES: dict[str, str] = {}
 """Reference solutions that fail their own tests, with the reason (none on the shipped
@@ -84,7 +95,8 @@ def test_humaneval_body_program_and_wrong_programs(backend):
         (body, True, "body"),
         (body + "\n\ndef unrelated():\n    return 'cut at the stop sequence'\n", True, "body"),
         ("Sure!\n```python\n" + whole + "```\nThis works.", True, "program"),
-        ("```python\nfrom typing import List\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+        ("```python\nfrom typing import List\n\n"
+         "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
          "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n```", True,
          "program"),
         (d1.meta["canonical_solution"], False, "body"),  # another problem's solution
@@ -190,7 +202,7 @@ def test_livecodebench_public_tests_stdin_and_functional(backend):
                    "        raise SystemExit(0)\n```", False),
     ]
     verdicts = t.score_batch([(d, c) for d, c, _ in cases])
-    for (d, c, expect), v in zip(cases, verdicts):
+    for (d, _, expect), v in zip(cases, verdicts):
         assert v.correct is expect, (d.id, v.details["tests"], v.details["run"])
     assert [x["status"] for x in verdicts[1].details["tests"]] == ["wrong-answer", "not-run"]
     assert verdicts[3].details["tests"] == [{"name": "public_0", "status": "passed"},

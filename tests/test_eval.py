@@ -60,7 +60,8 @@ def test_eval_other_families_and_saved_checkpoints(tmp_path):
     e = run_eval(model="tiny-ar", task=TASK, sampler="ar", sampler_args={"max_new_tokens": 4}, limit=2,
                  output=tmp_path / "ar")
     assert e.repro.model.is_baseline and e.cost.nfe == e.cost.generated_tokens
-    ckpt = load_model("tiny-block-dlm", dtype="float32", block_size=8).save(tmp_path / "ckpt", training={"trainer": "sft"})
+    ckpt = load_model("tiny-block-dlm", dtype="float32", block_size=8).save(tmp_path / "ckpt",
+                                                                             training={"trainer": "sft"})
     e = run_eval(model=str(ckpt), task=TASK, sampler="block-static", sampler_args={"max_new_tokens": 8}, limit=2,
                  output=tmp_path / "ckpt-eval")
     assert e.system.sampler.config["block_size"] == 8 and e.repro.model.weights_sha256
@@ -110,7 +111,8 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     ref = run_eval(output=tmp_path / "ref", **args)
     key = lambda r: (r.doc_id, r.sample_index)  # noqa: E731
     got = {key(r): (r.completion, r.seed, r.correct, r.cost["nfe"]) for r in _records(samples)}
-    want = {key(r): (r.completion, r.seed, r.correct, r.cost["nfe"]) for r in _records(tmp_path / "ref" / "samples.jsonl")}
+    want = {key(r): (r.completion, r.seed, r.correct, r.cost["nfe"])
+            for r in _records(tmp_path / "ref" / "samples.jsonl")}
     assert got == want
     assert resumed.metrics == ref.metrics and resumed.pair_digest == ref.pair_digest
     assert resumed.status.state == "complete" and resumed.cost.nfe == ref.cost.nfe

@@ -340,7 +340,8 @@ def assert_train_invariants(out: Path, ref: Path) -> None:
         for f in ("loss", "grad_norm", "lr", "target_tokens"):
             assert r[f] == w[f], (r["step"], f, r[f], w[f])
     assert json.loads((out / "config.json").read_text()) == json.loads((ref / "config.json").read_text())
-    assert json.loads((out / "result.json").read_text())["steps"] == json.loads((ref / "result.json").read_text())["steps"]
+    steps = [json.loads((d / "result.json").read_text())["steps"] for d in (out, ref)]
+    assert steps[0] == steps[1]
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert all((p / "COMPLETE").is_file() for p in (out / "checkpoints").glob("step-*"))
 
@@ -359,7 +360,8 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_training(t
     out = tmp_path / "out"
     run = ["train", "--trainer", "sft", "--config", str(cfg), "--output", str(out)]
     rng = random.Random(15)
-    points = [{"step": 2 * k} for k in sorted(rng.sample(range(1, 7), 2))] + [{"delay": round(rng.uniform(2.0, 4.0), 2)}]
+    points = [{"step": 2 * k} for k in sorted(rng.sample(range(1, 7), 2))]
+    points += [{"delay": round(rng.uniform(2.0, 4.0), 2)}]
     killed = sum(_kill_at(run, out, **point) == -signal.SIGKILL for point in points)
     assert killed >= 2, "the runs must really be killed midway for this test to mean anything"
     r = _cli(*run)

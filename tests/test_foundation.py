@@ -8,14 +8,14 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from dllm_bench.cli import app
 from dllm_bench.errors import BadInputError
 from dllm_bench.metrics import mean_stderr, pass_at_k, standard_metrics
 from dllm_bench.results import SampleStore
-from dllm_bench.schema import (Entry, ModelInfo, ProtocolKey, SampleRecord, describe_differences, schemas,
-                               split_keys)
+from dllm_bench.schema import Entry, ModelInfo, ProtocolKey, SampleRecord, describe_differences, schemas, split_keys
 
 from .conftest import REPO
 
@@ -89,7 +89,7 @@ def test_protocol_and_system_split_and_diff_in_words():
     p3, s3 = _parts(sampler__config__max_new_tokens=128, task__prompt__chat_template_sha256="d")
     assert describe_differences(p, p3) == ["max new tokens: 64 vs 128"] and s.diff(s3) == ["chat_template_sha256"]
     assert p.digest() != p2.digest() and p.digest() == _parts()[0].digest()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         ProtocolKey.model_validate({**p.model_dump(mode="json"), "unexpected": 1})
 
 

@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dllm_bench.cli import app
+from dllm_bench.entries import load_entries
 from dllm_bench.errors import BadInputError
-from dllm_bench.gate import compare, gate, load_entries
+from dllm_bench.gate import compare, gate
 from dllm_bench.schema import Entry
 
 from .conftest import REPO

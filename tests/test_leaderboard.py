@@ -20,9 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dllm_bench.cli import app
-from dllm_bench.gate import compare, load_entries
-from dllm_bench.leaderboard import (LEADERBOARD_FORMAT, Section, build, leaderboard_data, markdown_table,
-                                    table_columns)
+from dllm_bench.entries import load_entries
+from dllm_bench.gate import compare
+from dllm_bench.leaderboard import LEADERBOARD_FORMAT, Section, build, leaderboard_data, markdown_table, table_columns
 from dllm_bench.schema import sha256_file
 
 from .conftest import REPO

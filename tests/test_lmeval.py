@@ -86,7 +86,8 @@ def test_lm_eval_cli_through_wrapper(tmp_path):
     exe = Path(sys.executable).parent / "dllm-bench-lm-eval"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dllm_bench.lmeval"]
     p = subprocess.run([*cmd, "--model", "dllm-bench", "--model_args", MODEL_ARGS, "--tasks", "gsm8k_local",
-                        "--include_path", str(TASKS), "--limit", "2", "--batch_size", "2", "--output_path", str(tmp_path)],
+                        "--include_path", str(TASKS), "--limit", "2", "--batch_size", "2",
+                        "--output_path", str(tmp_path)],
                        capture_output=True, text=True, timeout=600,
                        env={**_env(), "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]

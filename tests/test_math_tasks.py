@@ -18,8 +18,7 @@ from dllm_bench.metrics import standard_metrics
 from dllm_bench.plugins import Task, Verdict, check_plugin
 from dllm_bench.schema import Metric, TaskKey, sha256_text
 from dllm_bench.tasks import base
-from dllm_bench.tasks.math import (GSM8K, GSM8K_TRAIN, MATH500, MATH_TRAIN, MATH_INSTRUCTION, judge,
-                                   math_verify_version)
+from dllm_bench.tasks.math import GSM8K, GSM8K_TRAIN, MATH500, MATH_INSTRUCTION, MATH_TRAIN, judge, math_verify_version
 
 from .conftest import REPO, SHARED_DATA
 

@@ -13,7 +13,6 @@ from dllm_bench.models import SIDECAR, build_byte_tokenizer, load_model
 from dllm_bench.schema import ModelInfo
 
 
-
 @pytest.fixture(scope="module")
 def block_model():
     torch.manual_seed(0)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 from .conftest import REPO
 
@@ -48,7 +49,8 @@ def test_wheel_contains_every_package_and_data(tmp_path: Path):
     # package data: recipes and shipped datasets, when present in the tree
     for pkg, folder in _mapped_roots().items():
         for data in (REPO / folder).rglob("*"):
-            if data.is_file() and data.suffix in {".yaml", ".jsonl", ".json", ".md"} and "__pycache__" not in data.parts:
+            wanted = data.suffix in {".yaml", ".jsonl", ".json", ".md"} and "__pycache__" not in data.parts
+            if data.is_file() and wanted:
                 rel = data.relative_to(REPO / folder)
                 assert "/".join([*pkg.split("."), *rel.parts]) in names, f"{data} missing from the wheel"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -10,8 +10,17 @@ import pytest
 import yaml
 
 from dllm_bench.errors import BadInputError
-from dllm_bench.published import (Measured, load_file, load_published, model_matches, reproduction_rows,
-                                  sampling_mode, schema_text, to_dicts, to_markdown)
+from dllm_bench.published import (
+    Measured,
+    load_file,
+    load_published,
+    model_matches,
+    reproduction_rows,
+    sampling_mode,
+    schema_text,
+    to_dicts,
+    to_markdown,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PUB = REPO / "leaderboards" / "published"
@@ -190,7 +199,7 @@ def test_example_entries_are_current(tmp_path):
 def test_reproduction_view_of_example_entries(figs):
     """Entries -> Measured -> rows: every published counterpart found, Δ and the 2-stderr
     verdict by hand, and the settings that differ named in words."""
-    from dllm_bench.gate import load_entries, verified
+    from dllm_bench.entries import load_entries, verified
     from dllm_bench.published import measured_from_entry
 
     entries = verified(load_entries(EXAMPLES))
@@ -215,7 +224,7 @@ def test_aup_of_the_example_threshold_sweep():
     import math
 
     from dllm_bench.aup import aup_by_system, curve_points
-    from dllm_bench.gate import load_entries
+    from dllm_bench.entries import load_entries
 
     curves = curve_points(load_entries(EXAMPLES))
     sizes = sorted(len(p) for p in curves.values())

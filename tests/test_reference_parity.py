@@ -40,13 +40,12 @@ import math
 import pytest
 import torch
 
-from refckpt import build_dream, build_llada, build_sdar
-
 from dllm_bench.blocks import block_causal_mask
 from dllm_bench.models import load_model
 from dllm_bench.samplers.base import derive_seed, filter_logits, step_quotas
 from dllm_bench.samplers.block import BLOCK_DYNAMIC, BLOCK_STATIC
 from dllm_bench.samplers.full import FULL_DIFFUSION
+from refckpt import build_dream, build_llada, build_sdar
 
 try:
     from transformers.cache_utils import Cache as HFCache

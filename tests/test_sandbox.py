@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from dllm_bench.sandboxes.base import (Limits, build_test_program, classify, new_marker, parse_test_lines,
-                                       sandbox_key)
+from dllm_bench.sandboxes.base import Limits, build_test_program, classify, new_marker, parse_test_lines, sandbox_key
 
 from .conftest import open_sandbox_or_skip
 
@@ -112,13 +112,14 @@ def test_classify_statuses():
 
 
 def test_limits_reject_unknown_fields():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         Limits(wall_time=3)  # type: ignore[call-arg]
 
 
 # ------------------------------------------------------------------ process backend specifics
 def test_process_refuses_without_bubblewrap(monkeypatch):
-    from dllm_bench.sandboxes.process import ProcessSandbox, SandboxUnavailable
+    from dllm_bench.sandboxes.base import SandboxUnavailable
+    from dllm_bench.sandboxes.process import ProcessSandbox
 
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SandboxUnavailable, match="bubblewrap.*apt-get install bubblewrap.*--unsafe-no-isolation"):
@@ -128,7 +129,8 @@ def test_process_refuses_without_bubblewrap(monkeypatch):
 
 
 def test_process_rejects_shim_interpreter(tmp_path):
-    from dllm_bench.sandboxes.process import ProcessSandbox, SandboxUnavailable
+    from dllm_bench.sandboxes.base import SandboxUnavailable
+    from dllm_bench.sandboxes.process import ProcessSandbox
 
     shim = tmp_path / "python3"
     shim.write_text("#!/bin/sh\nexec python3 \"$@\"\n")

@@ -59,7 +59,7 @@ def test_network_loopback_listener_sees_no_connection(sandbox):
                 conn, addr = srv.accept()
                 seen.append(addr)
                 conn.close()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
 
     t = threading.Thread(target=accept, daemon=True)

@@ -9,11 +9,25 @@ import math
 import pytest
 import torch
 
-from dllm_bench.trainers.objectives import (clipped_policy_terms, clipped_value_terms, group_zscore, keep_groups,
-                                            loss_normaliser, step_gae, token_weights)
 from dllm_bench.trainers.batching import update_plan
-from dllm_bench.trainers.trajectory import (INF_STEP, Trajectory, collate, round_ids, round_rows, shrink_steps,
-                                            trainable_length)
+from dllm_bench.trainers.objectives import (
+    clipped_policy_terms,
+    clipped_value_terms,
+    group_zscore,
+    keep_groups,
+    loss_normaliser,
+    step_gae,
+    token_weights,
+)
+from dllm_bench.trainers.trajectory import (
+    INF_STEP,
+    Trajectory,
+    collate,
+    round_ids,
+    round_rows,
+    shrink_steps,
+    trainable_length,
+)
 
 
 def naive_gae(values, reward, steps, mask, gamma, lam):

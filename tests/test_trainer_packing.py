@@ -26,7 +26,6 @@ from dllm_bench.trainers.objectives import clipped_policy_terms
 from dllm_bench.trainers.scoring import token_logprobs
 from dllm_bench.trainers.trajectory import INF_STEP, Trajectory, collate, packed_block_inputs, trainable_length
 
-
 CPU = torch.device("cpu")
 
 
@@ -71,7 +70,7 @@ def synthetic_trajs(adapter) -> list[Trajectory]:
         L = 12 if k != 1 else 8
         resp = torch.randint(0, 250, (L,), generator=g).tolist()
         steps, t = [], 0
-        for b0 in range(0, L, 4):  # a block: 1-3 steps, several tokens per step, random order
+        for _ in range(0, L, 4):  # a block: 1-3 steps, several tokens per step, random order
             order = torch.randperm(4, generator=g).tolist()
             cuts = sorted(torch.randperm(3, generator=g)[: int(torch.randint(0, 3, (1,), generator=g))].add(1).tolist())
             groups = [order[a:b] for a, b in zip([0] + cuts, cuts + [4])]

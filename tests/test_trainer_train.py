@@ -16,14 +16,13 @@ import torch
 
 from dllm_bench.models import load_model
 from dllm_bench.plugins import Doc, Verdict
-from dllm_bench.trainers.networks import ValueNet
 from dllm_bench.trainers.dipo import DIPO
+from dllm_bench.trainers.networks import ValueNet
 from dllm_bench.trainers.objectives import clipped_value_terms, step_gae
 from dllm_bench.trainers.scoring import token_values
 from dllm_bench.trainers.sft import SFT
-from dllm_bench.trainers.trajectory import Trajectory, collate
 from dllm_bench.trainers.tracerl import TRACERL, RLRun, RLStepState
-
+from dllm_bench.trainers.trajectory import Trajectory, collate
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
 

@@ -31,7 +31,7 @@ from .seeding import seed_everything
 
 
 def open_run(trainer: str, cfg: TrainConfig, run_dir: Path,
-             ds_models: tuple[str, ...] = ("policy",)) -> "Engine | TrainResult":
+             ds_models: tuple[str, ...] = ("policy",)) -> Engine | TrainResult:
     """Start (or resume) a run: the stored :class:`TrainResult` when ``run_dir`` holds a
     finished run, else a new :class:`Engine` after checking the config against the run's
     (:func:`check_config`) and seeding. ``config.json`` is written later, by

@@ -20,8 +20,9 @@ This module is pure tensor code (no model, no I/O) and imports only torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 

@@ -66,7 +66,7 @@ class TrainResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainResult":
+    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
         return cls(trainer=d["trainer"], run_dir=Path(d["run_dir"]), final_dir=Path(d["final_dir"]),
                    metrics_path=Path(d["metrics_path"]), steps=int(d["steps"]),
                    last_metrics=d.get("last_metrics", {}), extra_dirs=d.get("extra_dirs", {}))

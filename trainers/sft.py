@@ -280,7 +280,8 @@ class SFT:
         model, opt, sched = eng.prepare(net, eng.make_optimizer(net), cfg.max_steps)
         start = eng.resume()
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-        max_steps = cfg.max_steps if cfg.epochs_limit is None else min(cfg.max_steps, cfg.epochs_limit * steps_per_epoch)
+        max_steps = (cfg.max_steps if cfg.epochs_limit is None
+                     else min(cfg.max_steps, cfg.epochs_limit * steps_per_epoch))
         last: dict[str, Any] = {}
         with progress(f"sft ({mode})", max_steps - start) as advance:
             for step in range(start, max_steps):

@@ -94,8 +94,16 @@ from .batching import MiniBatch, batch_indices, chunks, update_plan
 from .config import config_hash
 from .engine import Engine
 from .networks import FAMILY_SHORT, PolicyNet, build_value_net, load_adapter, save_value_net
-from .objectives import (GAEResult, clipped_policy_terms, clipped_value_terms, group_zscore, keep_groups,
-                         loss_normaliser, step_gae, token_weights)
+from .objectives import (
+    GAEResult,
+    clipped_policy_terms,
+    clipped_value_terms,
+    group_zscore,
+    keep_groups,
+    loss_normaliser,
+    step_gae,
+    token_weights,
+)
 from .rl_config import RLConfig, RolloutConfig
 from .run_dir import TrainResult
 from .scoring import token_logprobs, token_values

@@ -41,8 +41,9 @@ Everything returns per-response-token tensors ``[b, L]`` (see :mod:`.objectives`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -173,7 +174,7 @@ class TrajectoryBatch:
     def gen_len(self) -> int:
         return self.response_ids.shape[1]
 
-    def select(self, idx: Sequence[int]) -> "TrajectoryBatch":
+    def select(self, idx: Sequence[int]) -> TrajectoryBatch:
         """Rows ``idx`` (prompt/response padding is kept; trimming is not needed)."""
         ix = torch.as_tensor(list(idx), dtype=torch.long)
         return TrajectoryBatch(self.prompt_ids[ix], self.prompt_valid[ix], self.prompt_pos[ix],
@@ -181,7 +182,7 @@ class TrajectoryBatch:
                                self.steps[ix], self.mask[ix], self.block_size, self.mask_id,
                                self.pad_id)
 
-    def to(self, device: torch.device | str) -> "TrajectoryBatch":
+    def to(self, device: torch.device | str) -> TrajectoryBatch:
         return TrajectoryBatch(self.prompt_ids.to(device), self.prompt_valid.to(device),
                                self.prompt_pos.to(device), self.prompt_lens,
                                self.response_ids.to(device), self.steps.to(device),

@@ -45,8 +45,17 @@ from __future__ import annotations
 
 from .adapter import BLOCK_SPEC_BACKENDS, SIDECAR, ModelAdapter, os_error_of
 from .cache import SlotKVCache
-from .checks import (CAUSAL_SUFFIXES, TOKENIZER_NAMES, WEIGHT_NAMES, check_model_args, check_model_dir,
-                     check_model_source, check_safetensors, check_torch_bin, declared_family)
+from .checks import (
+                     CAUSAL_SUFFIXES,
+                     TOKENIZER_NAMES,
+                     WEIGHT_NAMES,
+                     check_model_args,
+                     check_model_dir,
+                     check_model_source,
+                     check_safetensors,
+                     check_torch_bin,
+                     declared_family,
+)
 from .families import DEFAULT_BLOCK_SIZE, FAMILIES, LLADA_MASK_ID, MASK_CANDIDATES, Family
 from .gguf import check_gguf, gguf_cache_dir, smollm2_gguf
 from .loading import load_model, resolve_device, resolve_dtype, weights_sha256

@@ -8,9 +8,10 @@ import dataclasses
 import inspect
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -329,7 +330,7 @@ class ModelAdapter:
         write_atomic(d / SIDECAR, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return d
 
-    def clone(self) -> "ModelAdapter":
+    def clone(self) -> ModelAdapter:
         """A deep copy (own weights), e.g. a frozen reference policy for a KL term."""
         return dataclasses.replace(self, model=copy.deepcopy(self.model))
 

@@ -56,7 +56,7 @@ class SlotKVCache(_HFCache):
         self._read_end: int | None = None
 
     # -- sampler side
-    def window(self, write_start: int, read_end: int | None = None) -> "SlotKVCache":
+    def window(self, write_start: int, read_end: int | None = None) -> SlotKVCache:
         """Set where the next forward writes (``write_start``) and how far it reads (``read_end``)."""
         if write_start < 0 or (read_end is not None and read_end > self.max_len):
             raise ValueError(f"window ({write_start}, {read_end}) outside [0, {self.max_len}]")

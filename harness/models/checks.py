@@ -106,8 +106,10 @@ def _is_causal(raw_cfg: dict[str, Any]) -> bool:
     if archs:
         return any(a.endswith(CAUSAL_SUFFIXES) for a in archs)
     try:
-        from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                            MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
     except ImportError:  # pragma: no cover - very old transformers
         return True
     mt = str(raw_cfg.get("model_type", ""))

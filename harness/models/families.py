@@ -4,7 +4,8 @@ implies, each family's default block size, and where a diffusion checkpoint keep
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from ..errors import BadInputError
 
