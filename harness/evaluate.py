@@ -25,34 +25,18 @@ delegated to :func:`dllm_bench.lmeval.run_lmeval_task`.
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import random
 from pathlib import Path
 from typing import Any
 
 from .console import console, progress, stdout_console
+from .entry_writer import ENTRY_FILE, SAMPLES_FILE, write_entry
 from .errors import BadInputError, RunFailedError
-from .schema import (
-    Cost,
-    Entry,
-    HarnessInfo,
-    Metric,
-    ModelInfo,
-    Repro,
-    SampleRecord,
-    SamplesRef,
-    Status,
-    sha256_file,
-    sha256_text,
-    split_keys,
-)
+from .schema import Entry, Metric, ModelInfo, SampleRecord, sha256_text, split_keys
 
 log = logging.getLogger("dllm_bench.evaluate")
 
-SAMPLES_FILE = "samples.jsonl"
-ENTRY_FILE = "entry.json"
 RUN_FILE = "run.json"
 
 
@@ -95,19 +79,6 @@ def _sandbox_key(task_obj: Any) -> dict[str, Any] | None:
     return fn() if callable(fn) else None
 
 
-def _peak_memory_mb(device: Any) -> float | None:
-    import torch
-
-    if getattr(device, "type", "cpu") == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except (ImportError, OSError):  # pragma: no cover - non-POSIX
-        return None
-
-
 def _seed_everything(seed: int) -> None:
     import numpy as np
     import torch
@@ -118,33 +89,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def _check_run_file(path: Path, ident: dict[str, Any]) -> None:
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"invalid run file: {exc}", path=path) from None
-        if old != ident:
-            diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-            raise BadInputError(f"output directory holds a run with a different {', '.join(diff)}; "
-                                "use another --output (or delete it) instead of mixing samples", path=path)
-    else:
-        from .outdir import write_atomic
+    from .outdir import check_run, pin_run
 
-        write_atomic(path, json.dumps(ident, indent=2, sort_keys=True) + "\n")
-
-
-def _unchanged_entry(path: Path, new: Entry) -> Entry | None:
-    """The entry stored at ``path`` when it records the same finished run as ``new`` (same key,
-    model, seeds, samples file and status), else None."""
-    if not path.is_file():
-        return None
-    try:
-        old = Entry.load(path)
-    except BadInputError:
-        return None
-    same = (old.pair_digest == new.pair_digest and old.entry_id == new.entry_id and old.samples == new.samples
-            and old.status.state == new.status.state == "complete")
-    return old if same else None
+    if not check_run(path, ident, conflict="output directory holds a run with a different {fields}; use another "
+                     "--output (or delete it) instead of mixing samples"):
+        pin_run(path, ident)
 
 
 def check_read_only_output(output: str | Path) -> None:
@@ -226,12 +175,9 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
     if limit is not None and limit < 1:
         raise BadInputError(f"--limit must be >= 1, got {limit}")
 
-    from . import __version__
-    from .determinism import report as determinism_report
-    from .envinfo import device_info, device_string, git_info, library_versions
     from .models import ModelAdapter, load_model
     from .results import SampleStore
-    from .samplers.base import CostMeter, derive_seed
+    from .samplers.base import derive_seed
 
     _seed_everything(seed)
     task_obj, docs = _build_task(task, dict(task_args or {}), limit, data_source, sandbox)
@@ -305,30 +251,11 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
     verdicts = {doc_id: [Verdict(r.correct, r.score, r.extracted, r.details)
                          for r in sorted(rs, key=lambda r: r.sample_index)] for doc_id, rs in by_doc.items()}
     metrics = {k: Metric(**v) for k, v in task_obj.aggregate(verdicts).items()} if verdicts else {}
-    meter = CostMeter(peak_memory_mb=_peak_memory_mb(adapter.device))
-    for r in records:
-        meter.add(r.cost.get("nfe", 0), r.cost.get("generated_tokens", 0), r.cost.get("wall_s", 0.0),
-                  r.cost.get("forward_calls"))
-    n_done = len(records)
-    state = "complete" if n_done == len(items) else ("failed" if n_done == 0 else "partial")
-    sha, dirty = git_info()
-    samples_path = out / SAMPLES_FILE
-    entry = Entry.create(
-        protocol=protocol, system=system, label=label, reference=reference,
-        repro=Repro(model=minfo, seeds=seeds, harness=HarnessInfo(version=__version__, git_sha=sha, git_dirty=dirty),
-                    libraries=library_versions(), device=device_string(), platform=platform.platform(),
-                    device_info=device_info(), determinism=determinism_report()),
-        metrics=metrics, cost=Cost(**meter.to_cost()),
-        status=Status(state=state, n_expected=len(items), n_done=n_done, n_failed=n_failed, errors=errors[:20]),
-        samples=SamplesRef(path=SAMPLES_FILE, sha256=sha256_file(samples_path), n_records=n_done))
-    try:
-        entry.write(out / ENTRY_FILE)
-    except OSError:
-        kept = _unchanged_entry(out / ENTRY_FILE, entry) if todo == 0 else None
-        if kept is None:
-            raise
-        log.warning("%s is not writable; it already holds this finished run's entry", out)
-        return kept
+    entry = write_entry(out, protocol=protocol, system=system, model=minfo, seeds=seeds, metrics=metrics,
+                        costs=[r.cost for r in records], device=adapter.device, n_expected=len(items),
+                        n_done=len(records), n_failed=n_failed, errors=errors, label=label, reference=reference,
+                        keep_unchanged=todo == 0)
+    state = entry.status.state
     if state == "failed" and not errors:  # pragma: no cover - defensive
         raise RunFailedError("no sample was produced")
     return entry

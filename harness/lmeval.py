@@ -57,15 +57,17 @@ import functools
 import json
 import logging
 import os
-import platform
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInputError, RunFailedError
 from .schema import Entry, canonical_json, sha256_text
+
+if TYPE_CHECKING:
+    from .jsonl import JsonlStore
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +235,7 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
                     i, rid, context, _ = job
                     seed = self._seed(rid)
                     h = sha256_text(canonical_json([cfg_key, context, seed]))
-                    hit = self._cache.get(h)
+                    hit = self._cache.get(h) if self._cache is not None else None
                     if hit is not None:
                         out[i] = hit["text"]
                         self.generations[rid] = hit
@@ -299,39 +301,30 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
             return self.base_sampler, cfg
         return registry.create("samplers", self.sampler_name, cfg, source="lm-eval generation_kwargs"), cfg
 
-    def _load_cache(self) -> dict[str, dict[str, Any]]:
-        """Finished generations from ``lmeval_generations.jsonl`` (a torn last line is dropped).
+    def _load_cache(self) -> JsonlStore | None:
+        """Finished generations from ``lmeval_generations.jsonl``, keyed by ``hash`` (a torn last
+        line is ignored and cut off before the next append); None without a ``cache_dir``.
 
         Raises:
             BadInputError: a non-UTF-8 file, or a line that is not a JSON object with a
                 ``hash``, naming the file and line.
         """
-        cache: dict[str, dict[str, Any]] = {}
-        if self._cache_path is None or not self._cache_path.exists():
-            return cache
-        raw = self._cache_path.read_bytes()
-        if raw and not raw.endswith(b"\n"):  # killed while writing the last line
-            raw = raw[: raw.rfind(b"\n") + 1]
-            self._cache_path.write_bytes(raw)
-        from .jsonl import decode_utf8, iter_jsonl_objects
+        if self._cache_path is None:
+            return None
+        from .jsonl import JsonlStore, parse_object
 
-        for lineno, rec in iter_jsonl_objects(decode_utf8(raw, self._cache_path, "generation cache"),
-                                              self._cache_path):
+        def parse(line: str) -> dict[str, Any]:
+            rec = parse_object(line)
             if "hash" not in rec:
-                raise BadInputError("generation cache record without 'hash'", path=self._cache_path, line=lineno)
-            cache[rec["hash"]] = rec
-        return cache
+                raise BadInputError("generation cache record without 'hash'")
+            return rec
+
+        return JsonlStore(self._cache_path, parse=parse, key=lambda r: r["hash"], what="generation cache")
 
     def _append_cache(self, recs: list[dict[str, Any]]) -> None:
-        if self._cache_path is None:
-            return
-        self._cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._cache_path, "a", encoding="utf-8") as fh:
-            for r in recs:
-                fh.write(json.dumps(r) + "\n")
-                self._cache[r["hash"]] = r
-            fh.flush()
-            os.fsync(fh.fileno())
+        if self._cache is not None:
+            with self._cache:  # flushed to disk per batch, closed until the next
+                self._cache.extend(recs)
 
 
 def register() -> None:
@@ -452,25 +445,17 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     _require_lmeval()
     import lm_eval
 
-    from . import __version__
-    from .envinfo import device_string, git_info, library_versions
+    from .entry_writer import SAMPLES_FILE, write_entry
     from .results import SampleStore
     from .schema import (
-        Cost,
         DatasetKey,
-        Entry,
-        HarnessInfo,
         Metric,
         ModelInfo,
         PromptKey,
-        Repro,
         SampleRecord,
         SamplerKey,
-        SamplesRef,
         ScorerKey,
-        Status,
         TaskKey,
-        sha256_file,
         split_keys,
     )
 
@@ -559,7 +544,7 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
             if isinstance(s.get(m), (int, float)):
                 d["metrics"][f"{m},{s['filter']}"] = float(s[m])
         d["filtered"][s["filter"]] = s["filtered_resps"][0] if s.get("filtered_resps") else None
-    samples_path = out / "samples.jsonl"
+    samples_path = out / SAMPLES_FILE
     samples_path.unlink(missing_ok=True)
     pm, pf = primary.split(",", 1) if "," in primary else (primary, "none")
     with SampleStore(samples_path) as store:
@@ -581,10 +566,6 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
                           "wall_s": float(g.get("wall_s", 0.0))},
                     seed=g.get("seed")))
 
-    gens = list(lm.generations.values())
-    nfe = int(sum(g["nfe"] for g in gens))
-    tokens = int(sum(g["generated_tokens"] for g in gens))
-    wall = float(sum(g["wall_s"] for g in gens))
     used = list({canonical_json(c): c for c in lm.configs_used.values()}.values())
     s_cfg = dict(used[0]) if len(used) == 1 else {"base": lm.base_sampler.config.model_dump(mode="json"),
                                                   "per_generation_kwargs": used}
@@ -612,35 +593,13 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     protocol, system = split_keys(task_key, repeats, SamplerKey(name=sampler, version=str(getattr(
         lm.sampler_cls, "version", "?")), config=s_cfg), None, mi)
     seeds = {"python": seed, "numpy": seed, "torch": seed, "sampler": seed, "fewshot": fewshot_seed}
-    sha, dirty = git_info()
-    n_rec = sum(len(d["sample"].get("resps", [[]])[0]) for d in per_doc.values())
-    entry = Entry.create(
-        protocol=protocol, system=system, label=label, reference=reference,
-        repro=Repro(model=mi, seeds=seeds, harness=HarnessInfo(version=__version__, git_sha=sha, git_dirty=dirty),
-                    libraries=library_versions(), device=device_string(), platform=platform.platform()),
-        metrics=metrics,
-        cost=Cost(nfe=nfe, generated_tokens=tokens, tokens_per_forward=tokens / nfe if nfe else 0.0, wall_s=wall,
-                  tokens_per_s=tokens / wall if wall > 0 else 0.0, peak_memory_mb=_peak_memory_mb(lm.adapter)),
-        status=Status(state="complete" if n_eff == len(per_doc) else "partial", n_expected=n_eff * repeats,
-                      n_done=n_rec),
-        samples=SamplesRef(path=samples_path.name, sha256=sha256_file(samples_path), n_records=n_rec))
     raw = {k: v for k, v in results.items() if k != "samples"}
     (out / "lmeval_results.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
-    entry.write(out / "entry.json")
-    return entry
-
-
-def _peak_memory_mb(adapter: Any) -> float | None:
-    import torch
-
-    if adapter.device.type == "cuda":
-        return torch.cuda.max_memory_allocated(adapter.device) / 2 ** 20
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except (ImportError, OSError):
-        return None
+    return write_entry(out, protocol=protocol, system=system, model=mi, seeds=seeds, metrics=metrics,
+                       costs=list(lm.generations.values()), device=lm.adapter.device, n_expected=n_eff * repeats,
+                       n_done=sum(len(d["sample"].get("resps", [[]])[0]) for d in per_doc.values()),
+                       state="complete" if n_eff == len(per_doc) else "partial", label=label, reference=reference,
+                       device_details=False)
 
 
 if __name__ == "__main__":  # python -m dllm_bench.lmeval <lm-eval args>: register via the real module

@@ -18,6 +18,8 @@ calls :func:`claim_output` on the directory it was given before loading anything
 
 :func:`write_atomic` writes a file through a temporary sibling and ``os.replace``, and
 removes the temporary file when the write fails (a full disk leaves no empty ``.tmp``).
+:func:`pin_run` / :func:`check_run` pin a run's identity in a run file and refuse a directory
+that holds a different run (naming the differing fields).
 :func:`describe_os_error` renders an :class:`OSError` as one line naming the path and the
 errno's meaning (:func:`os.strerror`).
 """
@@ -26,9 +28,11 @@ from __future__ import annotations
 
 import atexit
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .errors import BadInputError
 
@@ -226,3 +230,53 @@ def write_atomic(path: str | Path, text: str) -> None:
         if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: name it
             raise OSError(exc.errno, exc.strerror, str(p)) from None
         raise
+
+
+# --------------------------------------------------------------------------- run identity
+def pin_run(path: str | Path, ident: dict[str, Any]) -> None:
+    """Record ``ident`` (a small JSON identity of a run: digests, model, seed, config) in the
+    run file ``path`` (atomically; sorted keys, two-space indent)."""
+    write_atomic(path, json.dumps(ident, indent=2, sort_keys=True) + "\n")
+
+
+def check_run(path: str | Path, ident: dict[str, Any], *, conflict: str, under: str | None = None,
+              lenient: bool = False, located: bool = True) -> bool:
+    """Refuse a directory whose run file ``path`` pins a run other than ``ident``.
+
+    Args:
+        path: the run file (:func:`pin_run` wrote it).
+        ident: this run's identity.
+        conflict: the message on a mismatch; ``{fields}`` is replaced by the differing fields
+            (comma-separated).
+        under: compare the fields of ``ident[under]`` (e.g. a config) rather than the top-level
+            keys; when none of those differ, the differing top-level keys are named.
+        lenient: an unreadable or empty run file counts as absent instead of bad input.
+        located: name ``path`` in the error.
+
+    Returns:
+        True when ``path`` pins ``ident``; False when there is no (lenient: no usable) run file.
+
+    Raises:
+        BadInputError: the run file pins a different run (``conflict``), or it is not valid
+            JSON (``invalid run file``; not when ``lenient``).
+    """
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        old = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if lenient:
+            return False
+        raise BadInputError(f"invalid run file: {exc}", path=p) from None
+    if lenient and not (old and isinstance(old, dict)):
+        return False
+    if old == ident:
+        return True
+
+    def differing(a: Any, b: Any) -> list[str]:
+        a, b = (a if isinstance(a, dict) else {}), (b if isinstance(b, dict) else {})
+        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+    diff = (differing(old.get(under), ident.get(under)) if under is not None else []) or differing(old, ident)
+    raise BadInputError(conflict.replace("{fields}", ", ".join(diff)), **({"path": p} if located else {}))

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from dllm_bench.errors import BadInputError
+from dllm_bench.jsonl import JsonlStore
 
 from .config import TrainConfig
 from .run_dir import RunFiles, TrainerState
@@ -148,6 +149,7 @@ class Engine(RunFiles):
         self._t0 = time.time()
         self._tb = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._metrics: JsonlStore | None = None  # the metrics log, opened on first use (main process)
 
     # -- properties
     @property

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from dllm_bench.errors import BadInputError, RunFailedError, interrupt_in
+from dllm_bench.jsonl import JsonlStore, parse_object
 from dllm_bench.plugins import StrictModel
 
 log = logging.getLogger("dllm_bench.trainers")
@@ -166,24 +167,22 @@ class RunFiles:
         return self.state.step
 
     def _truncate_metrics(self, step: int) -> None:
-        if not (self.is_main and self.metrics_path.is_file()):
-            return
-        keep = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                if int(json.loads(line).get("step", 0)) <= step:
-                    keep.append(line)
-            except (json.JSONDecodeError, ValueError):
-                continue
-        self.metrics_path.write_text("".join(k + "\n" for k in keep))
+        """Drop the metrics log's lines after ``step`` (and unreadable ones: a torn last line)."""
+        if self.is_main:
+            self._metrics_log().retain(lambda line: line["step"] <= step)
+
+    def _metrics_log(self) -> JsonlStore:
+        if self._metrics is None:
+            self._metrics = JsonlStore(self.metrics_path, parse=_metrics_line,
+                                       dump=lambda r: json.dumps(r, default=float), lenient=True)
+        return self._metrics
 
     # -- logging
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Append one JSONL line (main process) and mirror scalars to TensorBoard."""
+        """Append one JSONL line, flushed to disk (main process), and mirror scalars to TensorBoard."""
         line = {"step": step, "time_s": round(time.time() - self._t0, 3), **metrics}
         if self.is_main:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(line, default=float) + "\n")
+            self._metrics_log().append(line)
             tb = self._tensorboard()
             if tb is not None:
                 for k, v in metrics.items():
@@ -214,8 +213,6 @@ class RunFiles:
             RunFailedError: the weights could not be written (a full disk, a read-only run
                 directory); the half-written directory is removed, the checkpoints are kept.
         """
-        from dllm_bench.models import SIDECAR
-
         self.accelerator.wait_for_everyone()
         state = self.accelerator.get_state_dict(model)
         if self.is_main:
@@ -223,16 +220,11 @@ class RunFiles:
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             d = Path(directory)
             try:
-                d.mkdir(parents=True, exist_ok=True)
-                adapter.model.save_pretrained(d, state_dict=sub, safe_serialization=True)
-                adapter.tokenizer.save_pretrained(d)
                 from dllm_bench.determinism import report
 
-                meta = adapter.sidecar()
                 det = report()
-                meta["training"] = {**training, "determinism": {k: det[k] for k in ("mode", "pinned",
-                                                                                    "aten_cpu_capability")}}
-                (d / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+                adapter.save(d, training={**training, "determinism": {
+                    k: det[k] for k in ("mode", "pinned", "aten_cpu_capability")}}, state_dict=sub)
             except Exception as exc:  # noqa: BLE001 - safetensors reports I/O errors as its own type
                 if interrupt_in(exc) is not None or not (isinstance(exc, (OSError, RuntimeError))
                                                          or type(exc).__name__ == "SafetensorError"):
@@ -244,11 +236,22 @@ class RunFiles:
 
     def finish(self, result: TrainResult) -> TrainResult:
         if self.is_main:
+            self._metrics_log().close()
             (self.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         if self._tb:
             self._tb.close()
         self.accelerator.wait_for_everyone()
         return result
+
+
+def _metrics_line(text: str) -> dict[str, Any]:
+    """A metrics log line; its ``step`` read as an int (0 when absent)."""
+    rec = parse_object(text)
+    try:
+        rec["step"] = int(rec.get("step", 0))
+    except (TypeError, ValueError):
+        raise BadInputError(f"metrics line with a step that is not an integer: {rec.get('step')!r}") from None
+    return rec
 
 
 def _has_trained_state(run_dir: Path) -> bool:
@@ -270,19 +273,13 @@ def check_config(run_dir: Path, trainer: str, cfg: StrictModel) -> None:
         BadInputError: ``run_dir`` holds trained state of a run with a different config
             (naming the differing fields).
     """
-    p = Path(run_dir) / "config.json"
-    if not p.is_file() or not _has_trained_state(run_dir):
+    if not _has_trained_state(run_dir):
         return
-    data = {"trainer": trainer, "config": cfg.model_dump(mode="json")}
-    try:
-        old = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        old = None
-    if old and old != data:
-        diff = sorted(k for k in set(old.get("config", {})) | set(data["config"])
-                      if old.get("config", {}).get(k) != data["config"].get(k))
-        raise BadInputError(f"run directory {run_dir} holds a run with a different config (fields: "
-                            f"{', '.join(diff) or 'trainer'}); use another --output or delete it")
+    from dllm_bench.outdir import check_run
+
+    check_run(Path(run_dir) / "config.json", {"trainer": trainer, "config": cfg.model_dump(mode="json")},
+              conflict=f"run directory {run_dir} holds a run with a different config (fields: "
+                       "{fields}); use another --output or delete it", under="config", lenient=True, located=False)
 
 
 def write_config(run_dir: Path, trainer: str, cfg: StrictModel) -> None:
@@ -300,10 +297,9 @@ def write_config(run_dir: Path, trainer: str, cfg: StrictModel) -> None:
     """
     check_config(run_dir, trainer, cfg)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    data = {"trainer": trainer, "config": cfg.model_dump(mode="json")}
-    from dllm_bench.outdir import write_atomic
+    from dllm_bench.outdir import pin_run
 
-    write_atomic(Path(run_dir) / "config.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+    pin_run(Path(run_dir) / "config.json", {"trainer": trainer, "config": cfg.model_dump(mode="json")})
 
 
 def finished_result(run_dir: Path) -> TrainResult | None:

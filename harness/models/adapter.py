@@ -298,12 +298,14 @@ class ModelAdapter:
             "training": self.training,
         }
 
-    def save(self, directory: str | Path, training: dict[str, Any] | None = None) -> Path:
+    def save(self, directory: str | Path, training: dict[str, Any] | None = None,
+             state_dict: dict[str, Any] | None = None) -> Path:
         """Write HF-format weights (safetensors), the tokenizer and the ``dllm_bench.json`` sidecar.
 
         ``load_model(directory)`` gives back an adapter with the same family, block size,
         mask token and logits. ``training`` (trainer name, config hash, steps, ...) is
-        stored in the sidecar and reported in entries.
+        stored in the sidecar and reported in entries. ``state_dict`` replaces the model's own
+        weights (a trainer passes the gathered weights of its wrapped model).
 
         Returns:
             the directory.
@@ -315,7 +317,7 @@ class ModelAdapter:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         try:
-            self.model.save_pretrained(d, safe_serialization=True)
+            self.model.save_pretrained(d, state_dict=state_dict, safe_serialization=True)
         except Exception as exc:  # noqa: BLE001 - safetensors reports I/O errors as its own type
             os_exc = os_error_of(exc, d / "model.safetensors")
             if os_exc is None:
