@@ -235,8 +235,8 @@ class RunFiles:
         return Path(directory)
 
     def finish(self, result: TrainResult) -> TrainResult:
-        if self.is_main:
-            self._metrics_log().close()
+        if self._metrics is not None:
+            self._metrics.close()
             (self.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         if self._tb:
             self._tb.close()
