@@ -166,3 +166,54 @@ def test_sample_store_bad_line_names_file_and_line(tmp_path: Path):
     with pytest.raises(BadInputError) as e:
         SampleStore(p)
     assert str(e.value).startswith(f"{p}:2: invalid sample record")
+
+
+def test_jsonl_store_keyed_torn_line_retain_and_lenient(tmp_path: Path):
+    """The one resumable JSONL store (samples, lm-eval's generation cache, a trainer's metrics log)."""
+    from dllm_bench.jsonl import JsonlStore
+
+    p = tmp_path / "log.jsonl"
+    with JsonlStore(p, key=lambda r: r["k"]) as s:
+        s.extend({"k": k, "v": i} for i, k in enumerate("abc"))
+        s.append({"k": "a", "v": 9})  # a later record with the same key replaces the earlier one
+    with open(p, "a") as f:
+        f.write('{"k": "d", "v"')  # killed mid-write
+    s = JsonlStore(p, key=lambda r: r["k"])
+    assert len(s) == 3 and s.get("a") == {"k": "a", "v": 9} and "d" not in s
+    assert p.read_text().endswith('"v"')  # reading writes nothing
+    s.append({"k": "d", "v": 4})
+    s.close()
+    assert [json.loads(x)["k"] for x in p.read_text().splitlines()] == ["a", "b", "c", "a", "d"]
+    s.retain(lambda r: r["v"] < 3)
+    assert p.read_text().splitlines() == ['{"k": "a", "v": 0}', '{"k": "b", "v": 1}', '{"k": "c", "v": 2}']
+    assert sorted(s.records) == ["a", "b", "c"]
+    p.write_text('{"k": "a"}\n[1]\n')
+    with pytest.raises(BadInputError) as e:
+        JsonlStore(p)
+    assert str(e.value) == f"{p}:2: expected a JSON object, got list"
+    assert list(JsonlStore(p, lenient=True)) == [{"k": "a"}]
+
+
+def test_run_guard_pins_and_names_the_differing_fields(tmp_path: Path):
+    """The one "this directory holds a different run" guard (eval's run.json, a trainer's config.json)."""
+    from dllm_bench.outdir import check_run, pin_run
+
+    p = tmp_path / "run.json"
+    ident = {"model": "m", "seed": 0, "config": {"lr": 1, "steps": 2}}
+    assert check_run(p, ident, conflict="x") is False
+    pin_run(p, ident)
+    assert p.read_text() == json.dumps(ident, indent=2, sort_keys=True) + "\n"
+    assert check_run(p, ident, conflict="x") is True
+    with pytest.raises(BadInputError) as e:
+        check_run(p, {**ident, "seed": 1, "model": "n"}, conflict="holds a run with a different {fields}")
+    assert str(e.value) == f"{p}: holds a run with a different model, seed"
+    with pytest.raises(BadInputError) as e:
+        check_run(p, {**ident, "config": {"lr": 2, "steps": 2}}, conflict="different config (fields: {fields})",
+                  under="config", located=False)
+    assert str(e.value) == "different config (fields: lr)"
+    with pytest.raises(BadInputError, match="fields: model"):  # nothing differs under config: the top level
+        check_run(p, {**ident, "model": "n"}, conflict="fields: {fields}", under="config")
+    p.write_text("{torn")
+    assert check_run(p, ident, conflict="x", lenient=True) is False
+    with pytest.raises(BadInputError, match="invalid run file"):
+        check_run(p, ident, conflict="x")
