@@ -170,6 +170,16 @@ def test_rerun_resumes_from_saved_generations(lm_entry):
     assert cache.read_text() == before  # nothing regenerated
     assert again.metrics == e.metrics and again.samples.sha256 == e.samples.sha256
     assert again.pair_digest == e.pair_digest
+    lines = before.splitlines(keepends=True)
+    cache.write_text("".join(lines[:3]) + lines[3][:20])  # killed while writing the last generation
+    torn = run_lmeval_task(model="tiny-block-dlm", task="gsm8k_local", sampler="block-dynamic",
+                           sampler_args={"confidence_threshold": 0.9}, task_args={"include_path": str(TASKS)},
+                           limit=4, batch_size=2, seed=0, output=out, label="tiny-block-dlm (lm-eval)")
+    after = cache.read_text().splitlines(keepends=True)
+    assert after[:3] == lines[:3] and len(after) == 4  # the torn line cut, only its generation redone
+    assert json.loads(after[3])["hash"] == json.loads(lines[3])["hash"]
+    assert torn.metrics == e.metrics and torn.pair_digest == e.pair_digest  # same generations (own wall times)
+    assert json.loads(after[3])["text"] == json.loads(lines[3])["text"]
 
 
 def test_bad_inputs(tmp_path):
