@@ -14,8 +14,9 @@
    resumes: finished samples are neither lost nor recomputed), renders the prompts with
    ``task.prompt(doc, tokenizer)``, generates, scores (``task.score_batch``), and appends one
    :class:`~dllm_bench.schema.SampleRecord` per sample, flushed to disk;
-4. aggregates the verdicts of all records (``task.aggregate``), sums per-sample costs, and
-   writes ``<output>/entry.json`` (:class:`~dllm_bench.schema.Entry`).
+4. aggregates the verdicts of all records (``task.aggregate``) and writes ``<output>/entry.json``
+   (:class:`~dllm_bench.schema.Entry`) through :func:`dllm_bench.entry_writer.write_entry`, the
+   path lm-eval tasks take too (per-sample costs summed there).
 
 ``<output>/run.json`` pins the protocol and system digests and the model identity of the run:
 re-running into the same directory with a different task / sampler config / model is bad
