@@ -69,7 +69,7 @@ def write_entry(output: str | Path, *, protocol: ProtocolKey, system: SystemKey,
                 seeds: dict[str, int], metrics: dict[str, Metric], costs: Iterable[Mapping[str, Any]],
                 device: Any, n_expected: int, n_done: int, n_failed: int = 0, errors: Sequence[str] = (),
                 state: str | None = None, label: str | None = None, reference: str | None = None,
-                device_details: bool = True, keep_unchanged: bool = False) -> Entry:
+                keep_unchanged: bool = False) -> Entry:
     """Assemble the entry of a finished (or partly failed) run and write ``<output>/entry.json``.
 
     Args:
@@ -85,8 +85,6 @@ def write_entry(output: str | Path, *, protocol: ProtocolKey, system: SystemKey,
         state: the status; default ``complete`` when every expected sample is done, ``failed``
             when none is, else ``partial``.
         label / reference: the row label and the label of the row this one is compared against.
-        device_details: record :func:`dllm_bench.envinfo.device_info` and the deterministic-mode
-            report too.
         keep_unchanged: when writing fails (a read-only ``output``) but the stored entry records
             this same finished run, return that entry instead of failing.
 
@@ -103,12 +101,11 @@ def write_entry(output: str | Path, *, protocol: ProtocolKey, system: SystemKey,
     out = Path(output)
     if state is None:
         state = "complete" if n_done == n_expected else ("failed" if n_done == 0 else "partial")
-    extra: dict[str, Any] = {}
-    if device_details:
-        from .determinism import report as determinism_report
-        from .envinfo import device_info
+    from .determinism import report as determinism_report
+    from .envinfo import device_info
 
-        extra = {"device_info": device_info(), "determinism": determinism_report()}
+    # every entry, ours or lm-eval's, says precisely where and how it ran
+    extra: dict[str, Any] = {"device_info": device_info(), "determinism": determinism_report()}
     sha, dirty = git_info()
     entry = Entry.create(
         protocol=protocol, system=system, label=label, reference=reference,

@@ -598,8 +598,7 @@ def run_lmeval_task(*, model: Any, task: str, sampler: str, sampler_args: dict[s
     return write_entry(out, protocol=protocol, system=system, model=mi, seeds=seeds, metrics=metrics,
                        costs=list(lm.generations.values()), device=lm.adapter.device, n_expected=n_eff * repeats,
                        n_done=sum(len(d["sample"].get("resps", [[]])[0]) for d in per_doc.values()),
-                       state="complete" if n_eff == len(per_doc) else "partial", label=label, reference=reference,
-                       device_details=False)
+                       state="complete" if n_eff == len(per_doc) else "partial", label=label, reference=reference)
 
 
 if __name__ == "__main__":  # python -m dllm_bench.lmeval <lm-eval args>: register via the real module
