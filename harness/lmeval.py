@@ -25,9 +25,10 @@ imported module registered. Three ways to run lm-eval's own CLI with ``dllm-benc
 
 Model args (``--model_args k=v,...``): ``model`` (a :func:`dllm_bench.models.load_model`
 spec), ``sampler`` (a sampler plugin name, default ``block-dynamic``), ``seed``, any field
-of the sampler's ``Config`` (aliases: ``threshold`` -> ``confidence_threshold``, ``steps``
--> ``denoising_steps``, ``gen_length`` -> ``max_new_tokens``, ``block_length`` ->
-``block_size``), and model args (``dtype``, ``device``, ``family``, ``mask_token``,
+of the sampler's ``Config`` (aliases: ``threshold`` -> ``confidence_threshold``,
+``gen_length`` -> ``max_new_tokens``, ``block_length`` -> ``block_size``; ``steps`` is the
+total over all blocks, as in LLaDA's ``generate.py`` and the dllm library, and becomes
+``denoising_steps = steps / (gen_length / block_length)`` per block), and model args (``dtype``, ``device``, ``family``, ``mask_token``,
 ``attn_backend``, ``trust_remote_code``, tiny-model sizes, or any model arg prefixed
 ``model_``: ``model_block_size`` is the model's own block size). A task's
 ``generation_kwargs`` override the sampler config per request: ``until`` -> ``stop``,
@@ -82,8 +83,7 @@ except ImportError:  # lm-eval is the optional [lmeval] extra
     _LMBase = object  # type: ignore[assignment,misc]
     _registry = None
 
-ALIASES = {"threshold": "confidence_threshold", "steps": "denoising_steps", "gen_length": "max_new_tokens",
-           "block_length": "block_size"}
+ALIASES = {"threshold": "confidence_threshold", "gen_length": "max_new_tokens", "block_length": "block_size"}
 MODEL_ARGS = {"dtype", "device", "family", "mask_token", "attn_backend", "trust_remote_code", "hidden_size",
               "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings",
               "rope_theta", "init_seed"}
@@ -98,12 +98,20 @@ def _require_lmeval() -> None:
 def split_args(sampler_cls: type, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Route flat ``k=v`` args to (sampler config, model args); aliases applied.
 
+    ``steps`` is LLaDA's total number of denoising steps over the whole generation
+    (``generate.py``: ``steps_per_block = steps // num_blocks``, with ``num_blocks =
+    gen_length // block_length``); it becomes the per-block ``denoising_steps``.
+
     Raises:
-        BadInputError: an arg that is neither a sampler config field nor a model arg.
+        BadInputError: an arg that is neither a sampler config field nor a model arg;
+            ``steps`` without ``gen_length`` and ``block_length``, or not a multiple of the
+            number of blocks (LLaDA requires both divisions to be exact).
     """
     fields = set(sampler_cls.Config.model_fields)
     sampler_args: dict[str, Any] = {}
     model_args: dict[str, Any] = {}
+    args = dict(args)
+    total_steps = args.pop("steps", None)
     for k, v in args.items():
         k2 = ALIASES.get(k, k)
         if k2 in fields:
@@ -116,7 +124,22 @@ def split_args(sampler_cls: type, args: dict[str, Any]) -> tuple[dict[str, Any],
             raise BadInputError(f"unknown dllm-bench model_args key {k!r}: not a {sampler_cls.name!r} config field "
                                 f"({', '.join(sorted(fields))}) nor a model arg ({', '.join(sorted(MODEL_ARGS))}, "
                                 "model_<arg>)")
+    if total_steps is not None:
+        sampler_args["denoising_steps"] = _per_block_steps(total_steps, sampler_args)
     return sampler_args, model_args
+
+
+def _per_block_steps(total: Any, sampler_args: dict[str, Any]) -> int:
+    gen, block = sampler_args.get("max_new_tokens"), sampler_args.get("block_size")
+    if gen is None or block is None:
+        raise BadInputError("steps is the total over all blocks (as in LLaDA): give gen_length and block_length "
+                            "with it, or denoising_steps (per block) instead")
+    gen, block, total = int(gen), int(block), int(total)
+    if block <= 0 or gen % block or total % (gen // block):
+        raise BadInputError(f"steps={total} over gen_length={gen} / block_length={block}: gen_length must be a "
+                            "multiple of block_length and steps a multiple of the number of blocks "
+                            f"({gen / block:g})")
+    return total // (gen // block)
 
 
 class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]

@@ -41,9 +41,15 @@ def test_registered_in_lm_eval_registry_on_import():
 
 def test_model_args_routing():
     cls = registry.load("samplers", "block-dynamic")
-    s, m = split_args(cls, {"threshold": 0.8, "steps": 2, "block_size": 4, "dtype": "float32",
+    # steps is LLaDA's total over all blocks: 16 steps over 32 / 4 = 8 blocks = 2 per block
+    s, m = split_args(cls, {"threshold": 0.8, "steps": 16, "block_length": 4, "dtype": "float32",
                             "model_block_size": 8, "gen_length": 32})
     assert s == {"confidence_threshold": 0.8, "denoising_steps": 2, "block_size": 4, "max_new_tokens": 32}
+    assert split_args(cls, {"denoising_steps": 2, "block_size": 4})[0] == {"denoising_steps": 2, "block_size": 4}
+    with pytest.raises(BadInputError, match="multiple of the number of blocks"):
+        split_args(cls, {"steps": 2, "block_length": 4, "gen_length": 32})
+    with pytest.raises(BadInputError, match="total over all blocks"):
+        split_args(cls, {"steps": 16})
     assert m == {"dtype": "float32", "block_size": 8}
     with pytest.raises(BadInputError, match="unknown dllm-bench model_args key 'bogus'"):
         split_args(cls, {"bogus": 1})
