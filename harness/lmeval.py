@@ -29,8 +29,8 @@ of the sampler's ``Config`` (aliases: ``threshold`` -> ``confidence_threshold``,
 ``gen_length`` -> ``max_new_tokens``, ``block_length`` -> ``block_size``; ``steps`` is the
 total over all blocks, as in LLaDA's ``generate.py`` and the dllm library, and becomes
 ``denoising_steps = steps / (gen_length / block_length)`` per block), and model args
-(``dtype``, ``device``, ``family``, ``mask_token``, ``attn_backend``, ``trust_remote_code``, tiny-model sizes, or any model arg prefixed
-``model_``: ``model_block_size`` is the model's own block size). A task's
+(``dtype``, ``device``, ``family``, ``mask_token``, ``attn_backend``, ``trust_remote_code``,
+tiny-model sizes, or any model arg prefixed ``model_``: ``model_block_size`` is the model's own block size). A task's
 ``generation_kwargs`` override the sampler config per request: ``until`` -> ``stop``,
 ``max_gen_toks`` -> ``max_new_tokens``, ``temperature`` / ``top_p`` / ``top_k``
 (``do_sample: false`` -> temperature 0).
