@@ -317,11 +317,7 @@ class Task(ABC):
         return None
 
     def sft_pairs(self, tokenizer: Any | None = None) -> list[tuple[str, str]]:
-        """``(prompt, response)`` pairs for SFT (prompts rendered with ``tokenizer``).
-
-        Raises:
-            BadInputError: the task has no SFT data (the default).
-        """
+        """``(prompt, response)`` pairs for SFT (prompts rendered with ``tokenizer``); default: BadInputError."""
         raise BadInputError(f"task {self.name!r} has no sft_pairs(); use data_file")
 
     def close(self) -> None:

@@ -247,7 +247,7 @@ class CodeTask(BaseTask):
 
     def stop_on_first_failure(self) -> bool:
         """Stop a sample at its first failing test (default: run every test)."""
-        return bool(getattr(self.config, "stop_on_first_failure", False))
+        return False
 
     # ------------------------------------------------------------------ scoring
     def score(self, doc: Doc, completion: str) -> Verdict:
@@ -534,6 +534,10 @@ class LIVECODEBENCH(CodeTask):
     PROMPT_SPEC: ClassVar[dict[str, Any]] = {"system": LCB_SYSTEM, "starter": LCB_FORMAT_STARTER,
                                              "stdin": LCB_FORMAT_STDIN, "template": lcb_user_message("{q}", "{s}")}
     config: LcbConfig
+
+    def stop_on_first_failure(self) -> bool:
+        """``stop_on_first_failure`` of the config (default True, as LiveCodeBench)."""
+        return self.config.stop_on_first_failure
 
     def make_docs(self, data: LoadedData) -> list[Doc]:
         if data.source.startswith("hub:"):

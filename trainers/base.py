@@ -23,8 +23,6 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from dllm_bench.plugins import StrictModel
-
 from .config import TrainConfig
 from .engine import Engine
 from .run_dir import TrainResult, check_config, finished_result
@@ -63,8 +61,8 @@ class Trainer(ABC):
 
     name: ClassVar[str]
     version: ClassVar[str]
-    Config: ClassVar[type[StrictModel]]
-    config: StrictModel
+    Config: ClassVar[type[TrainConfig]]
+    config: TrainConfig
 
     @abstractmethod
     def train(self, run_dir: Path) -> TrainResult:

@@ -12,6 +12,7 @@ from dllm_bench.errors import BadInputError
 from dllm_bench.plugins import StrictModel
 
 from .base import Trainer
+from .config import TrainConfig
 from .engine import quiet_import_accelerate
 from .run_dir import TrainResult
 
@@ -50,7 +51,7 @@ def load_config_file(path: Path, *, with_node: bool = False) -> Any:
     return (data, node) if with_node else data
 
 
-def preflight(cfg: StrictModel) -> None:
+def preflight(cfg: TrainConfig) -> None:
     """Check what a validated trainer config points at before a run writes anything: the
     model source (:func:`dllm_bench.models.check_model_source`), the task (it resolves and
     its ``task_args`` validate) and a ``data_file`` (exists, UTF-8); ``task`` xor
@@ -63,17 +64,17 @@ def preflight(cfg: StrictModel) -> None:
     from dllm_bench.jsonl import read_text
     from dllm_bench.models import check_model_source
 
-    check_model_source(str(getattr(cfg, "model", "")), dict(getattr(cfg, "model_args", {}) or {}),
-                       arg_source="model_args")
-    fields = type(cfg).model_fields
-    if "data_file" in fields and "task" in fields and (cfg.task is None) == (cfg.data_file is None):
+    check_model_source(str(cfg.model), dict(cfg.model_args or {}), arg_source="model_args")
+    fields = type(cfg).model_fields  # trainers differ: RL needs a task, SFT a task or a data file
+    task = cfg.task if "task" in fields else None
+    data_file = cfg.data_file if "data_file" in fields else None
+    if "data_file" in fields and "task" in fields and (task is None) == (data_file is None):
         raise BadInputError("sft config: give exactly one of 'task' and 'data_file'")
-    if getattr(cfg, "task", None) is not None:
-        t_cls = registry.load("tasks", cfg.task)
-        registry.validate_config(t_cls.Config, dict(getattr(cfg, "task_args", {}) or {}),
-                                 what=f"task {cfg.task!r} task_args")
-    if getattr(cfg, "data_file", None) is not None:
-        p = Path(cfg.data_file)
+    if task is not None:
+        t_cls = registry.load("tasks", task)
+        registry.validate_config(t_cls.Config, dict(cfg.task_args or {}), what=f"task {task!r} task_args")
+    if data_file is not None:
+        p = Path(data_file)
         if not p.is_file():
             raise BadInputError("data file not found", path=p)
         read_text(p, "data file")
