@@ -143,12 +143,14 @@ def _unknown(kind: str, name: str, available: list[str]) -> PluginError:
 
 
 def load(kind: str, name: str) -> Any:
-    """Import and return the plugin object ``name`` of ``kind``.
+    """Import and return the plugin class ``name`` of ``kind``: a subclass of the kind's
+    :func:`contract` (a duck-typed class with every abstract method comes back as a subclass of
+    itself and the contract, so the harness can call the contract's optional methods).
 
     Raises:
         PluginError: unknown name (with "did you mean" and the available names), a name
-            declared twice, an import failure (original exception chained), or an object
-            missing the kind's required attributes.
+            declared twice, an import failure (original exception chained), or a class that
+            does not implement the kind's contract (the missing attributes / methods named).
     """
     kind = _check_kind(kind)
     infos = {p.name: p for p in discover(kind)}
@@ -170,7 +172,11 @@ def load(kind: str, name: str) -> Any:
     if problem:
         raise PluginError(f"{SINGULAR[kind]} {name!r} ({ep.value}) does not implement the {SINGULAR[kind]} "
                           f"contract ({spec.__module__}.{spec.__name__}): {problem}")
-    return conform(spec, obj)
+    try:
+        return conform(spec, obj)
+    except TypeError as exc:  # e.g. a metaclass conflict: the plugin must subclass the contract itself
+        raise PluginError(f"{SINGULAR[kind]} {name!r} ({ep.value}) cannot take the defaults of "
+                          f"{spec.__module__}.{spec.__name__} ({exc}); subclass it") from exc
 
 
 def contract(kind: str) -> type:
