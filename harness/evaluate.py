@@ -177,7 +177,7 @@ def check_read_only_output(output: str | Path) -> None:
                             "use another --output", path=out)
 
 
-def run_eval(*, model: str | ModelAdapter, task: str, sampler: str, sampler_args: dict[str, Any] | None = None,
+def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampler_args: dict[str, Any] | None = None,
              model_args: dict[str, Any] | None = None, task_args: dict[str, Any] | None = None,
              limit: int | None = None, samples: int = 1, batch_size: int = 8, seed: int = 0,
              output: str | Path = "runs/eval", sandbox: str | None = None, data_source: str = "packaged",
