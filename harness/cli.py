@@ -379,13 +379,13 @@ def train_cmd(
     from .outdir import claim_output
 
     claim_output(output)  # before any model load
-    from .trainers.base import run_trainer
+    from .trainers.cli import run_trainer
 
     result = run_trainer(trainer, config, output, overrides=parse_kv(set_, "--set"))
     if as_json:
-        print_json(result.to_dict() if hasattr(result, "to_dict") else result)
+        print_json(result.to_dict())
     else:
-        stdout_console.print(f"final weights: {getattr(result, 'final_dir', result)}", markup=False)
+        stdout_console.print(f"final weights: {result.final_dir}", markup=False)
 
 
 # ------------------------------------------------------------------------------- run

@@ -10,6 +10,7 @@ Exit codes (the CLI contract):
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -122,3 +123,10 @@ def exit_on_signal(signum: int, frame: object = None) -> None:
     note_signal(signum)
     os.write(2, b"interrupted\n")  # async-signal-safe: no buffered stream is re-entered
     raise SystemExit(128 + signum)
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the names in ``choices`` close to ``name`` (difflib),
+    else ``""``. Shared by every unknown-name error (plugins, model specs, recipes, backends)."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

@@ -29,24 +29,31 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .console import console, progress, stdout_console
 from .entry_writer import ENTRY_FILE, SAMPLES_FILE, write_entry
 from .errors import BadInputError, RunFailedError
 from .schema import Entry, Metric, ModelInfo, SampleRecord, sha256_text, split_keys
 
+if TYPE_CHECKING:
+    from .models import ModelAdapter
+    from .plugins import Doc
+    from .samplers.base import Sampler
+    from .tasks.base import Task
+
 log = logging.getLogger("dllm_bench.evaluate")
 
 RUN_FILE = "run.json"
 
 
-def _build_task(task: str, task_args: dict[str, Any], limit: int | None, data_source: str, sandbox: str | None):
+def _build_task(task: str, task_args: dict[str, Any], limit: int | None, data_source: str,
+                sandbox: str | None) -> tuple[Task, list[Doc]]:
     from . import registry
     from .scoring import build_task
 
     cls = registry.load("tasks", task)
-    fields = dict(getattr(cls.Config, "model_fields", {}))
+    fields = dict(cls.Config.model_fields)
     args = dict(task_args)
     if limit is not None and "limit" in fields:
         if "limit" in args and args["limit"] != limit:
@@ -59,25 +66,21 @@ def _build_task(task: str, task_args: dict[str, Any], limit: int | None, data_so
     return obj, docs
 
 
-def _build_sampler(name: str, sampler_args: dict[str, Any], adapter: Any):
+def _build_sampler(name: str, sampler_args: dict[str, Any], adapter: ModelAdapter) -> Sampler:
     from . import registry
 
     cls = registry.load("samplers", name)
     args = dict(sampler_args)
-    fields = getattr(cls.Config, "model_fields", {})
+    fields = cls.Config.model_fields
     if "block_size" in fields and args.get("block_size") is None and adapter.block_size is not None:
         args["block_size"] = adapter.block_size
     if "block_alignment" in fields and args.get("block_alignment") is None:
-        args["block_alignment"] = getattr(adapter, "block_alignment", "response")  # recorded in the key
+        args["block_alignment"] = adapter.block_alignment  # recorded in the key
     obj = registry.create("samplers", name, args, source="--sampler-arg")
-    if hasattr(obj, "check_model"):
-        obj.check_model(adapter)
+    obj.check_model(adapter)
     return obj
 
 
-def _sandbox_key(task_obj: Any) -> dict[str, Any] | None:
-    fn = getattr(task_obj, "sandbox_key", None)
-    return fn() if callable(fn) else None
 
 
 def _seed_everything(seed: int) -> None:
@@ -126,7 +129,7 @@ def check_read_only_output(output: str | Path) -> None:
                             "use another --output", path=out)
 
 
-def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any] | None = None,
+def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampler_args: dict[str, Any] | None = None,
              model_args: dict[str, Any] | None = None, task_args: dict[str, Any] | None = None,
              limit: int | None = None, samples: int = 1, batch_size: int = 8, seed: int = 0,
              output: str | Path = "runs/eval", sandbox: str | None = None, data_source: str = "packaged",
@@ -193,7 +196,7 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
     sampler_obj = _build_sampler(sampler, dict(sampler_args or {}), adapter)
     tok = adapter.tokenizer
     minfo = ModelInfo(**adapter.model_info())
-    protocol, system = split_keys(task_obj.key(tok), samples, sampler_obj.key(), _sandbox_key(task_obj), minfo)
+    protocol, system = split_keys(task_obj.key(tok), samples, sampler_obj.key(), task_obj.sandbox_key(), minfo)
     seeds = {"seed": seed, "python": seed, "numpy": seed % 2 ** 32, "torch": seed}
 
     out = Path(output)
@@ -228,9 +231,7 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
                     log.error("batch failed (%s samples): %s", len(pending), errors[-1])
                     advance(len(pending))
                     continue
-                verdicts = task_obj.score_batch([(d, g.text) for (_, d, _), g in zip(pending, gens)]) \
-                    if hasattr(task_obj, "score_batch") else [task_obj.score(d, g.text) for (_, d, _), g in
-                                                              zip(pending, gens)]
+                verdicts = task_obj.score_batch([(d, g.text) for (_, d, _), g in zip(pending, gens)])
                 for (_, d, si), p, g, v, s in zip(pending, prompts, gens, verdicts, row_seeds):
                     store.append(SampleRecord(
                         doc_id=d.id, sample_index=si, prompt_sha256=sha256_text(p), completion=g.text,
@@ -240,9 +241,7 @@ def run_eval(*, model: Any, task: str, sampler: str, sampler_args: dict[str, Any
                 advance(len(pending), info=f"{sum(r.correct for r in store)}/{len(store)} correct")
         wanted = {(d.id, si) for _, d, si in items}
         records = [r for r in store if (r.doc_id, r.sample_index) in wanted]
-    close = getattr(task_obj, "close", None)
-    if callable(close):
-        close()
+    task_obj.close()
 
     from .plugins import Verdict
 

@@ -194,8 +194,7 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
                 and self.adapter.block_size is not None:  # as dllm-bench eval: the model's, recorded in the key
             self.sampler_args["block_size"] = self.adapter.block_size
         self.base_sampler = registry.create("samplers", sampler, self.sampler_args, source="lm-eval model_args")
-        if hasattr(self.base_sampler, "check_model"):
-            self.base_sampler.check_model(self.adapter)
+        self.base_sampler.check_model(self.adapter)
         self.model_spec = self.adapter.spec
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.seed = int(seed)

@@ -1,5 +1,12 @@
-"""Plugin contracts: one ``typing.Protocol`` per plugin kind, plus the light data types
-they exchange. Importing this module imports neither torch nor transformers.
+"""What every plugin shares, whatever its kind: the light data types tasks exchange
+(:class:`Doc`, :class:`Verdict`), the config base (:class:`StrictModel`), config validation
+and the structural check of a plugin class against its kind's contract. Importing this module
+imports neither torch nor transformers.
+
+Each kind's contract (the methods the harness calls, with defaults for the optional ones)
+lives next to its folder: :class:`dllm_bench.tasks.base.Task`,
+:class:`dllm_bench.samplers.base.Sampler`, :class:`dllm_bench.trainers.base.Trainer`,
+:class:`dllm_bench.sandboxes.base.Sandbox`.
 
 Every plugin *class* (the entry point's object) has class attributes:
 
@@ -15,12 +22,14 @@ Every plugin *class* (the entry point's object) has class attributes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from functools import cache
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from .errors import BadInputError, LocatedValueError
 
 
 class StrictModel(BaseModel):
@@ -64,104 +73,74 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-@runtime_checkable
-class Task(Protocol):
-    """An evaluation task that also serves as an RL reward (nanochat-style).
+def validate_config(model: type, data: dict[str, Any], *, what: str, source: str | None = None,
+                    line: int | Callable[[tuple], int | None] | None = None):
+    """Validate ``data`` against pydantic ``model``.
 
-    ``evaluate``/``score`` and ``reward`` share the same extraction and verification code.
+    ``line`` is the 1-based line of ``data`` in ``source``, or a function from the failing
+    field's location (a tuple of keys / indices) to its line.
+
+    Raises:
+        BadInputError: one line naming ``source`` (and the line), the field and the problem.
     """
+    from pydantic import ValidationError
 
-    name: ClassVar[str]
-    version: ClassVar[str]
-    description: ClassVar[str]
-
-    def docs(self) -> Sequence[Doc]:
-        """All documents of the task in their stable order."""
-
-    def prompt(self, doc: Doc, tokenizer: Any | None = None) -> str:
-        """The prompt text for ``doc``; rendered with ``tokenizer``'s chat template when it has one."""
-
-    def score(self, doc: Doc, completion: str) -> Verdict:
-        """Judge one completion. Never raises on garbage: it is simply wrong."""
-
-    def reward(self, doc: Doc, completion: str) -> float:
-        """RL reward for one completion (same extraction/verification as :meth:`score`)."""
-
-    def key(self, tokenizer: Any | None = None) -> dict[str, Any]:
-        """The task part of the comparability key (see :class:`dllm_bench.schema.TaskKey`)."""
-
-    def aggregate(self, verdicts: Mapping[str, Sequence[Verdict]]) -> dict[str, Any]:
-        """Metrics (name -> :class:`dllm_bench.schema.Metric`) from per-document verdicts."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        msg = err["msg"]
+        if not where and isinstance(cause, LocatedValueError):  # a model validator naming its field
+            where, msg = cause.loc, str(cause)
+        loc = ".".join(str(p) for p in where) or "(root)"
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        at = line(where) if callable(line) else line
+        raise BadInputError(f"{what}: field {loc!r}: {msg}{more}", path=source, line=at) from None
 
 
-# ------------------------------------------------------------------------- samplers
-@runtime_checkable
-class Sampler(Protocol):
-    """A decoding strategy. See :mod:`dllm_bench.samplers.base` for the data types.
-
-    ``generate(model, prompts, seed=..., record_trajectory=False)`` takes a model adapter
-    (:class:`dllm_bench.models.ModelAdapter`) and a batch of prompt token-id lists, and
-    returns one ``Generation`` per prompt (token ids, text, NFE share, trajectory).
-    """
-
-    name: ClassVar[str]
-    version: ClassVar[str]
-
-    def generate(self, model: Any, prompts: Sequence[Sequence[int]], *, seed: int,
-                 record_trajectory: bool = False) -> Any:
-        """Decode a batch; see the concrete sampler for shapes and cost accounting."""
-
-    def key(self) -> dict[str, Any]:
-        """The full sampler config (every knob) for the comparability key."""
-
-
-# ------------------------------------------------------------------------- trainers
-@runtime_checkable
-class Trainer(Protocol):
-    """A training method. ``train(run_dir)`` runs to completion (resuming when ``run_dir``
-    holds a checkpoint) and returns a result with the final Hugging Face-format weights
-    directory and a metrics log path."""
-
-    name: ClassVar[str]
-    version: ClassVar[str]
-
-    def train(self, run_dir: Path) -> Any:
-        """Train; returns :class:`dllm_bench.trainers.base.TrainResult`."""
-
-
-# ------------------------------------------------------------------------ sandboxes
-@runtime_checkable
-class Sandbox(Protocol):
-    """Runs an untrusted program with limits. See :mod:`dllm_bench.sandboxes.base`."""
-
-    name: ClassVar[str]
-    version: ClassVar[str]
-
-    def available(self) -> tuple[bool, str]:
-        """(usable, reason) without running anything expensive."""
-
-    def run(self, program: str, **kwargs: Any) -> Any:
-        """Run ``program``; returns an ``Outcome``."""
-
-    def close(self) -> None:
-        """Release resources (warm containers)."""
-
-
-PROTOCOLS: dict[str, type] = {"tasks": Task, "samplers": Sampler, "trainers": Trainer,
-                              "sandboxes": Sandbox}
+# ----------------------------------------------------------------- contract checks
 CLASS_ATTRS = ("name", "version", "Config")
 
 
-def check_plugin(kind: str, obj: Any) -> str | None:
-    """Shallow structural check of a loaded plugin class; returns the problem or None."""
+def required_methods(contract: type) -> list[str]:
+    """The abstract methods of a kind's contract class (what a plugin must implement)."""
+    return sorted(getattr(contract, "__abstractmethods__", ()))
+
+
+def check_plugin(contract: type, obj: Any) -> str | None:
+    """Does plugin class ``obj`` implement ``contract`` (a ``<kind>.base`` contract class)?
+
+    It does when it is a class with ``name``, ``version`` and a pydantic ``Config``, and either
+    subclasses ``contract`` with no abstract method left, or (duck-typed) has every abstract
+    method of ``contract``. Returns the problem in one line, or None.
+    """
+    from pydantic import BaseModel
+
     if not isinstance(obj, type):
         return f"expected a class, got {type(obj).__name__}"
     missing = [a for a in CLASS_ATTRS if not hasattr(obj, a)]
-    proto = PROTOCOLS[kind]
-    methods = [m for m in dir(proto) if not m.startswith("_") and callable(getattr(proto, m, None))]
-    missing += [m for m in methods if not callable(getattr(obj, m, None))]
+    if issubclass(obj, contract):
+        missing += sorted(getattr(obj, "__abstractmethods__", ()))
+    else:
+        missing += [m for m in required_methods(contract) if not callable(getattr(obj, m, None))]
     if missing:
         return "missing " + ", ".join(missing)
     if not (isinstance(obj.Config, type) and issubclass(obj.Config, BaseModel)):
         return "Config is not a pydantic model"
     return None
+
+
+def conform(contract: type, obj: type) -> type:
+    """``obj`` itself when it subclasses ``contract``; else a subclass of both (``obj`` first),
+    so a duck-typed plugin (every abstract method present, see :func:`check_plugin`) inherits
+    the contract's defaults for the optional methods and the harness calls them plainly."""
+    if issubclass(obj, contract):
+        return obj
+    return _conformed(contract, obj)
+
+
+@cache
+def _conformed(contract: type, obj: type) -> type:
+    return type(obj.__name__, (obj, contract), {"__module__": obj.__module__, "__qualname__": obj.__qualname__})

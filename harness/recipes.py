@@ -123,7 +123,7 @@ class Recipe(StrictModel):
         """Every ``${id}`` and evaluation model names a declared or produced model, ids and labels
         are unique, references name labels; each error is located at its field (its line in the
         recipe file, :class:`~dllm_bench.errors.LocatedValueError`)."""
-        from .registry import did_you_mean
+        from .errors import did_you_mean
 
         known: set[str] = set()
         for i, m in enumerate(self.models):
@@ -315,11 +315,11 @@ def _check_model(recipe: Recipe, spec: str, args: dict[str, Any], loc: tuple) ->
         raise BadInputError(msg, **recipe.where(*loc, "spec")) from None
 
 
-def _seeded(cfg: dict[str, Any], seed: int, config_cls: Any) -> dict[str, Any]:
+def _seeded(cfg: dict[str, Any], seed: int, config_cls: type[StrictModel]) -> dict[str, Any]:
     """A stage config with the recipe's seed where the stage sets none: the trainer's ``seed``
     and, for a model built from a spec (``tiny-*``), its ``model_args.init_seed``."""
     cfg = dict(cfg)
-    fields = getattr(config_cls, "model_fields", {})
+    fields = config_cls.model_fields
     if "seed" in fields:
         cfg.setdefault("seed", seed)
     if "model_args" in fields and str(cfg.get("model", "")).startswith("tiny-"):
@@ -419,13 +419,13 @@ def _train(step: dict, run_dir: Path, summary: dict) -> None:
     t0 = time.time()
     trainer = registry.create("trainers", step["trainer"], step["config"], source=step["name"])
     result = trainer.train(stage_dir)
-    final = Path(getattr(result, "final_dir", stage_dir / "final"))
+    final = Path(result.final_dir)
     expected = stage_dir / "final"
     if final.resolve() != expected.resolve():
         if expected.exists() or expected.is_symlink():
             expected.unlink()
         expected.symlink_to(final.resolve(), target_is_directory=True)
-    info = result.to_dict() if hasattr(result, "to_dict") else {}
+    info = result.to_dict()
     marker.write_text(json.dumps({"digest": step["config_sha256"], "final_dir": str(final),
                                   "wall_s": round(time.time() - t0, 1), "result": info}, default=str))
     summary["stages"].append({"name": step["name"], "wall_s": round(time.time() - t0, 1)})

@@ -7,8 +7,8 @@ Plugin kinds and their entry-point groups::
 
 An entry point's value names the plugin object itself (``"pkg.mod:Obj"``), a class with
 class attributes ``name``, ``version`` and ``Config`` (a pydantic model,
-``extra="forbid"``) whose instances satisfy the kind's Protocol in
-:mod:`dllm_bench.plugins`. Built-ins are declared the same way in dllm-bench's own
+``extra="forbid"``) implementing the kind's contract (:func:`contract`:
+``dllm_bench.<kind>.base``). Built-ins are declared the same way in dllm-bench's own
 ``pyproject.toml``. Nothing is imported until a plugin is selected, so ``dllm-bench
 list`` imports neither torch nor transformers.
 
@@ -20,16 +20,15 @@ Environment controls:
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from .errors import BadInputError, LocatedValueError, PluginError
+from .errors import BadInputError, PluginError, did_you_mean
+from .plugins import check_plugin, conform, validate_config
 
 KINDS: dict[str, str] = {
     "samplers": "dllm_bench.samplers",
@@ -137,13 +136,6 @@ def names(kind: str) -> list[str]:
     return [p.name for p in discover(kind)]
 
 
-def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    """``"; did you mean 'a' or 'b'?"`` for the names in ``choices`` close to ``name`` (difflib),
-    else ``""``. Shared by every unknown-name error (plugins, model specs, recipes, backends)."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def _unknown(kind: str, name: str, available: list[str]) -> PluginError:
     hint = did_you_mean(name, available)
     avail = ", ".join(available) if available else "(none installed)"
@@ -151,12 +143,14 @@ def _unknown(kind: str, name: str, available: list[str]) -> PluginError:
 
 
 def load(kind: str, name: str) -> Any:
-    """Import and return the plugin object ``name`` of ``kind``.
+    """Import and return the plugin class ``name`` of ``kind``: a subclass of the kind's
+    :func:`contract` (a duck-typed class with every abstract method comes back as a subclass of
+    itself and the contract, so the harness can call the contract's optional methods).
 
     Raises:
         PluginError: unknown name (with "did you mean" and the available names), a name
-            declared twice, an import failure (original exception chained), or an object
-            missing the kind's required attributes.
+            declared twice, an import failure (original exception chained), or a class that
+            does not implement the kind's contract (the missing attributes / methods named).
     """
     kind = _check_kind(kind)
     infos = {p.name: p for p in discover(kind)}
@@ -173,12 +167,37 @@ def load(kind: str, name: str) -> Any:
             f"{SINGULAR[kind]} {name!r} ({ep.value}, from {info.distribution}) failed to import: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    from .plugins import check_plugin
-
-    problem = check_plugin(kind, obj)
+    spec = contract(kind)
+    problem = check_plugin(spec, obj)
     if problem:
-        raise PluginError(f"{SINGULAR[kind]} {name!r} ({ep.value}) is not a valid plugin: {problem}")
-    return obj
+        raise PluginError(f"{SINGULAR[kind]} {name!r} ({ep.value}) does not implement the {SINGULAR[kind]} "
+                          f"contract ({spec.__module__}.{spec.__name__}): {problem}")
+    try:
+        return conform(spec, obj)
+    except TypeError as exc:  # e.g. a metaclass conflict: the plugin must subclass the contract itself
+        raise PluginError(f"{SINGULAR[kind]} {name!r} ({ep.value}) cannot take the defaults of "
+                          f"{spec.__module__}.{spec.__name__} ({exc}); subclass it") from exc
+
+
+def contract(kind: str) -> type:
+    """The contract class of ``kind`` (``dllm_bench.<kind>.base``): what a plugin implements and
+    the harness calls. Importing the samplers' or trainers' contract imports torch."""
+    kind = _check_kind(kind)
+    if kind == "tasks":
+        from .tasks.base import Task
+
+        return Task
+    if kind == "samplers":
+        from .samplers.base import Sampler
+
+        return Sampler
+    if kind == "trainers":
+        from .trainers.base import Trainer
+
+        return Trainer
+    from .sandboxes.base import Sandbox
+
+    return Sandbox
 
 
 def create(kind: str, name: str, config: dict[str, Any] | None = None, *, source: str | None = None) -> Any:
@@ -194,33 +213,6 @@ def create(kind: str, name: str, config: dict[str, Any] | None = None, *, source
     cfg = validate_config(cls.Config, config or {}, what=f"{SINGULAR[_check_kind(kind)]} {name!r} config",
                           source=source)
     return cls(cfg)
-
-
-def validate_config(model: type, data: dict[str, Any], *, what: str, source: str | None = None,
-                    line: int | Callable[[tuple], int | None] | None = None):
-    """Validate ``data`` against pydantic ``model``.
-
-    ``line`` is the 1-based line of ``data`` in ``source``, or a function from the failing
-    field's location (a tuple of keys / indices) to its line.
-
-    Raises:
-        BadInputError: one line naming ``source`` (and the line), the field and the problem.
-    """
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = tuple(err["loc"])
-        cause = (err.get("ctx") or {}).get("error")
-        msg = err["msg"]
-        if not where and isinstance(cause, LocatedValueError):  # a model validator naming its field
-            where, msg = cause.loc, str(cause)
-        loc = ".".join(str(p) for p in where) or "(root)"
-        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        at = line(where) if callable(line) else line
-        raise BadInputError(f"{what}: field {loc!r}: {msg}{more}", path=source, line=at) from None
 
 
 def try_import(kind: str, name: str) -> str | None:

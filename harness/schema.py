@@ -519,7 +519,7 @@ class Entry(StrictModel):
     @classmethod
     def load(cls, path: str | Path) -> Entry:
         from .errors import BadInputError
-        from .registry import validate_config
+        from .plugins import validate_config
 
         try:
             data = json.loads(Path(path).read_text())

@@ -32,13 +32,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInputError
 from .jsonl import iter_jsonl_objects
 from .outdir import write_atomic
 from .plugins import Doc, Verdict
 from .schema import SampleRecord, sha256_text
+
+if TYPE_CHECKING:
+    from .tasks.base import Task
 
 log = logging.getLogger("dllm_bench.scoring")
 
@@ -79,7 +82,7 @@ def _merge_option(cfg: dict[str, Any], fields: dict[str, Any], key: str, value: 
 
 
 def build_task(task: str, task_args: dict[str, Any] | None = None, *, data_source: str = "packaged",
-               sandbox: str | None = None) -> Any:
+               sandbox: str | None = None) -> Task:
     """Create task plugin ``task`` from ``--task-arg`` values plus ``--data-source`` / ``--sandbox``.
 
     Raises:
@@ -89,20 +92,20 @@ def build_task(task: str, task_args: dict[str, Any] | None = None, *, data_sourc
 
     cls = registry.load("tasks", task)
     cfg = dict(task_args or {})
-    fields = dict(getattr(cls.Config, "model_fields", {}))
+    fields = dict(cls.Config.model_fields)
     _merge_option(cfg, fields, "data_source", data_source, "packaged", task, "--data-source")
     _merge_option(cfg, fields, "sandbox", sandbox, None, task, "--sandbox")
     return registry.create("tasks", task, cfg, source="--task-arg")
 
 
 # ---------------------------------------------------------------------- predictions
-def _unknown_id(doc_id: str, task: Any, ids: list[str]) -> str:
+def _unknown_id(doc_id: str, task: Task, ids: list[str]) -> str:
     close = difflib.get_close_matches(doc_id, ids, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown id {doc_id!r} for task {task.name!r} ({len(ids)} documents){hint}"
 
 
-def read_predictions(path: str | Path, task: Any) -> list[Prediction]:
+def read_predictions(path: str | Path, task: Task) -> list[Prediction]:
     """Parse and check a predictions file against ``task``'s documents (see module doc).
 
     Raises:
@@ -163,15 +166,12 @@ def flatten_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, float | Non
     return flat
 
 
-def score_samples(task: Any, preds: list[Prediction]) -> list[Verdict]:
-    """Verdicts for ``preds`` in order, through the task's batch scorer when it has one."""
-    items = [(p.doc, p.completion) for p in preds]
-    if hasattr(task, "score_batch"):
-        return list(task.score_batch(items))
-    return [task.score(d, c) for d, c in items]
+def score_samples(task: Task, preds: list[Prediction]) -> list[Verdict]:
+    """Verdicts for ``preds`` in order, through the task's batch scorer (:meth:`Task.score_batch`)."""
+    return list(task.score_batch([(p.doc, p.completion) for p in preds]))
 
 
-def _sample_record(task: Any, p: Prediction, v: Verdict) -> SampleRecord:
+def _sample_record(task: Task, p: Prediction, v: Verdict) -> SampleRecord:
     if p.record is not None:
         base = p.record.model_dump()
     else:
@@ -211,11 +211,11 @@ def score_predictions(*, task: str, predictions: str | Path, output: str | Path 
             per_doc.setdefault(p.doc.id, []).append((p.sample_index, v))
         grouped = {d: [v for _, v in sorted(vs, key=lambda x: x[0])] for d, vs in per_doc.items()}
         metrics = t.aggregate(grouped)
-        scorer = t.scorer() if hasattr(t, "scorer") else None
+        scorer = t.scorer()
         result: dict[str, Any] = {
             "task": t.name,
             "task_version": t.version,
-            "scorer": scorer.model_dump() if hasattr(scorer, "model_dump") else scorer,
+            "scorer": scorer.model_dump() if scorer is not None else None,
             "n": len(grouped),
             "n_samples": len(preds),
             "n_docs": len(t.docs()),
@@ -230,9 +230,7 @@ def score_predictions(*, task: str, predictions: str | Path, output: str | Path 
             write_atomic(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
         return result
     finally:
-        close = getattr(t, "close", None)
-        if callable(close):
-            close()
+        t.close()
 
 
 def print_result(result: dict[str, Any]) -> None:

@@ -66,7 +66,7 @@ def check_points(knob: str, values: list[Any], sampler: str, sampler_args: dict[
     if not _KNOB.match(knob):
         raise BadInputError(f"--sweep: {knob!r} is not a knob name")
     cls = registry.load("samplers", sampler)
-    fields = getattr(cls.Config, "model_fields", {})
+    fields = cls.Config.model_fields
     if knob not in fields:
         raise BadInputError(f"--sweep: sampler {sampler!r} has no knob {knob!r}; its knobs: {', '.join(fields)}")
     if knob in sampler_args:

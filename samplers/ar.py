@@ -15,11 +15,14 @@ forwards while it was unfinished, i.e. its generated tokens (EOS included).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from .base import Generation, SamplerBase, SamplingConfig, Timer, filter_logits, finish, make_generators, row_seeds
+
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
 
 
 class ARConfig(SamplingConfig):
@@ -49,7 +52,7 @@ class AR(SamplerBase):
     Config = ARConfig
     families = ("ar",)
 
-    def generate(self, model: Any, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
+    def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
                  record_trajectory: bool = False) -> list[Generation]:
         """Decode a batch of prompts (token-id lists) with an ``ar`` model adapter.
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dllm_bench.errors import BadInputError
 
 from .base import Generation, SamplerBase, SamplingConfig, Timer, finish, row_seeds
+
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
 
 
 class ARVLLMConfig(SamplingConfig):
@@ -50,7 +53,7 @@ class AR_VLLM(SamplerBase):
         super().__init__(config)
         self._engines: dict[str, Any] = {}
 
-    def _engine(self, model: Any):
+    def _engine(self, model: ModelAdapter):
         vllm = import_vllm()
         key = model.spec
         if key not in self._engines:
@@ -69,7 +72,7 @@ class AR_VLLM(SamplerBase):
                                           enforce_eager=self.config.enforce_eager, **kw)
         return self._engines[key]
 
-    def generate(self, model: Any, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
+    def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
                  record_trajectory: bool = False) -> list[Generation]:
         """Decode token-id prompts with vLLM; one Generation per prompt.
 

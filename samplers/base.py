@@ -1,4 +1,5 @@
-"""Sampler building blocks: configs, the ``Generation`` result, token sampling, unmasking.
+"""The sampler contract (:class:`Sampler`) and its building blocks: configs, the
+``Generation`` result, token sampling, unmasking.
 
 **Confidence (what remasking ranks by).** At every denoising step each still-masked
 position gets a candidate token ``x0`` and a confidence ``c``:
@@ -59,14 +60,18 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from dllm_bench.plugins import StrictModel
+
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
 
 FinishReason = Literal["eos", "stop", "length"]
 
@@ -460,12 +465,44 @@ class Timer:
             torch.cuda.synchronize(self.device)
 
 
-class SamplerBase:
-    """Common plugin plumbing: ``Config`` instance in ``self.config``; :meth:`key`."""
+class Sampler(ABC):
+    """The sampler contract: a decoding strategy (entry-point group ``dllm_bench.samplers``).
+    Class attributes ``name``, ``version`` (bump when outputs for the same inputs could
+    change) and ``Config`` (pydantic, e.g. :class:`SamplingConfig`); built as ``cls(config)``.
+
+    The harness calls :meth:`check_model` once after building the sampler (before any
+    decoding), :meth:`key` for the entry's comparability key, and :meth:`generate` per batch
+    of prompts (eval, lm-eval ``generate_until``, RL rollouts). A plugin implements
+    :meth:`generate`; :class:`SamplerBase` supplies ``config``, :meth:`key` and
+    :meth:`check_model` from ``families``.
+    """
 
     name: ClassVar[str]
     version: ClassVar[str]
     Config: ClassVar[type[StrictModel]]
+
+    @abstractmethod
+    def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
+                 record_trajectory: bool = False) -> list[Generation]:
+        """Decode a batch: ``prompts`` are token-id lists (no padding); ``seed`` one int for the
+        batch or one per prompt (each row's generator, :func:`row_seeds`). Returns one
+        :class:`Generation` per prompt, in order (tokens, text, ``nfe``, ``wall_s`` share and,
+        with ``record_trajectory``, the decode :class:`Trajectory`)."""
+
+    @abstractmethod
+    def key(self) -> dict[str, Any]:
+        """``{name, version, config}``: every knob (the sampler part of the comparability key)."""
+
+    def check_model(self, model: ModelAdapter) -> None:
+        """Raise :class:`dllm_bench.errors.BadInputError` when ``model`` cannot be decoded by this
+        sampler (wrong family, ...). Default: every model fits."""
+        return None
+
+
+class SamplerBase(Sampler):
+    """Common plugin plumbing: ``Config`` instance in ``self.config``; :meth:`key`;
+    :meth:`check_model` from ``families`` (the model families the sampler decodes)."""
+
     families: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: StrictModel | None = None):
@@ -475,7 +512,7 @@ class SamplerBase:
         """``{name, version, config}``: every knob (the sampler part of the comparability key)."""
         return {"name": self.name, "version": self.version, "config": self.config.model_dump(mode="json")}
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: ModelAdapter) -> None:
         """Raise :class:`dllm_bench.errors.BadInputError` when the model family does not fit."""
         from dllm_bench.errors import BadInputError
 
@@ -579,7 +616,7 @@ class DiffusionBatch:
         BadInputError: padding is needed and the model cannot mask it (``masks_padding``).
     """
 
-    def __init__(self, model: Any, prompts: Sequence[Sequence[int]], block_size: int, cfg: Any,
+    def __init__(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], block_size: int, cfg: Any,
                  seeds: Sequence[int], record: bool, alignment: str = "response", pad_unit: int | None = None):
         from dllm_bench.blocks import left_pad_prompts
         from dllm_bench.errors import BadInputError
@@ -588,7 +625,7 @@ class DiffusionBatch:
         self.model, self.cfg, self.B, self.alignment = model, cfg, block_size, alignment
         self.mask_id = model.mask_token_id
         pb = left_pad_prompts(prompts, pad_unit or block_size, model.pad_token_id, dev, alignment)
-        if not getattr(model, "masks_padding", True) and not bool(pb.valid.all()):
+        if not model.masks_padding and not bool(pb.valid.all()):
             raise BadInputError(f"{model.spec!r} cannot mask padding (its own modeling code ignores the attention "
                                 "mask), and these prompts need padding: use batch_size 1, or load the checkpoint "
                                 "natively (without trust_remote_code), which masks padding")
@@ -648,7 +685,7 @@ class DiffusionBatch:
                                  active=active)
         q = torch.full((self.x.shape[0],), quota, dtype=torch.long, device=self.x.device)
         sel = select_unmask(conf, masked, q, threshold=threshold, remasking=cfg.remasking, generators=self.gens,
-                            ranking=getattr(cfg, "ranking", "stable"), threshold_rule=threshold_rule, layout=layout,
+                            ranking=cfg.ranking, threshold_rule=threshold_rule, layout=layout,
                             active=active)
         if force_first:
             first = masked & (masked.long().cumsum(-1) == 1)
@@ -684,7 +721,7 @@ class DiffusionBatch:
         return bool(keep)
 
 
-def diffusion_generations(model: Any, cfg: Any, st: DiffusionBatch, seeds: list[int], seconds: float,
+def diffusion_generations(model: ModelAdapter, cfg: Any, st: DiffusionBatch, seeds: list[int], seconds: float,
                           record: bool) -> list[Generation]:
     """One :class:`Generation` per prompt from a finished diffusion decode."""
     raw, book, block_size = st.raw, st.book, st.B

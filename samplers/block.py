@@ -73,7 +73,7 @@ decoded position; greedy is ``temperature = 0`` (the reference divides by the te
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -90,6 +90,9 @@ from .base import (
     row_seeds,
     step_quotas,
 )
+
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
 
 
 class BlockStaticConfig(DiffusionConfig):
@@ -125,7 +128,7 @@ class _BlockSampler(SamplerBase):
     dynamic: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ public API
-    def generate(self, model: Any, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
+    def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
                  record_trajectory: bool = False) -> list[Generation]:
         """Decode a batch of prompts.
 
@@ -152,7 +155,7 @@ class _BlockSampler(SamplerBase):
         model.set_attn_backend(cfg.attention_backend)
         dev = model.device
         seeds = row_seeds(seed, len(prompts))
-        alignment = cfg.block_alignment or getattr(model, "block_alignment", "response")
+        alignment = cfg.block_alignment or model.block_alignment
         with torch.no_grad(), Timer(dev) as timer:
             st = DiffusionBatch(model, prompts, B, cfg, seeds, record_trajectory, alignment=alignment)
             self._decode(st, quotas, threshold)

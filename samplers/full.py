@@ -62,7 +62,7 @@ column left of the block instead.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
@@ -79,6 +79,9 @@ from .base import (
     row_seeds,
     step_quotas,
 )
+
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
 
 
 class FullDiffusionConfig(DiffusionConfig):
@@ -117,7 +120,7 @@ class FULL_DIFFUSION(SamplerBase):
     Config = FullDiffusionConfig
     families = ("full-diffusion",)
 
-    def generate(self, model: Any, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
+    def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
                  record_trajectory: bool = False) -> list[Generation]:
         """Decode a batch; arguments and result as
         :meth:`dllm_bench.samplers.block.BLOCK_STATIC.generate`.
@@ -207,7 +210,7 @@ class FULL_DIFFUSION(SamplerBase):
         return out[:, off:off + B]
 
 
-def cache_fidelity(model: Any, prompts: Sequence[Sequence[int]], *, block_size: int, denoising_steps: int,
+def cache_fidelity(model: ModelAdapter, prompts: Sequence[Sequence[int]], *, block_size: int, denoising_steps: int,
                    max_new_tokens: int) -> dict[str, dict[str, float]]:
     """How far the Fast-dLLM caches are from exact, measured on the same states.
 

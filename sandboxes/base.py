@@ -1,4 +1,5 @@
-"""The sandbox protocol: limits, outcomes, and the pieces both backends share.
+"""The sandbox contract (:class:`Sandbox`): limits, outcomes, and the pieces both backends
+share. Choosing and opening a backend: :mod:`dllm_bench.sandboxes.backends`.
 
 A *sandbox* runs one untrusted Python program (source text, optional stdin) under
 :class:`Limits` and returns an :class:`Outcome`. Backends (``dllm_bench.sandboxes`` entry
@@ -24,9 +25,9 @@ import json
 import math
 import secrets
 import signal
-import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,43 +135,53 @@ class Outcome(BaseModel):
         }
 
 
-@runtime_checkable
-class Sandbox(Protocol):
-    """A sandbox backend (entry-point group ``dllm_bench.sandboxes``).
+class Sandbox(ABC):
+    """The sandbox contract: a backend that runs untrusted programs (entry-point group
+    ``dllm_bench.sandboxes``). Class attributes ``name``, ``version`` (bump when behaviour that
+    can change a verdict changes; recorded in entries) and ``Config`` (pydantic); built as
+    ``cls(config)``, raising :class:`SandboxUnavailable` when it cannot run here.
 
-    Class attributes: ``name`` (the entry-point name) and ``version`` (bump when behaviour
-    that can change a verdict changes; recorded in entries). Instances are thread-safe:
-    call :meth:`run` from several worker threads at once.
+    The harness calls :meth:`available` to choose a backend (``dllm-bench sandbox check``,
+    the default backend), :meth:`run` from several worker threads at once per scored program,
+    :meth:`describe` once for the entry's key, and :meth:`close` when the task closes (also
+    on ``with`` exit); a closed sandbox has ``closed`` True and is not reused. A plugin
+    implements :meth:`available`, :meth:`run` and :meth:`describe`.
     """
 
-    name: str
-    version: str
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    closed: bool = False
 
     @classmethod
+    @abstractmethod
     def available(cls) -> tuple[bool, str]:
         """``(True, what)`` if this backend can run here, else ``(False, why not)``."""
-        ...
 
-    def run(self, program: str, *, stdin: str | bytes | None = None, limits: Limits,
+    @abstractmethod
+    def run(self, program: str, *, stdin: str | bytes | None = None, limits: Limits | None = None,
             success_marker: str | None = None) -> Outcome:
-        """Run ``program`` (Python source) with ``stdin`` under ``limits``.
+        """Run ``program`` (Python source) with ``stdin`` under ``limits`` (default :class:`Limits`).
 
         With ``success_marker`` (from :func:`new_marker`), ``passed`` needs exit 0 and the
         marker printed by the runner after the program returned normally. Never raises for
         anything the program does; raises ``RuntimeError`` only if the sandbox itself broke.
         """
-        ...
 
-    def describe(self) -> dict[str, Any]:
-        """Backend name + version, isolation summary, interpreter / image identity.
-
-        Recorded in leaderboard entries next to the limits, so a score says what ran it.
-        """
-        ...
+    @abstractmethod
+    def describe(self, limits: Limits | None = None) -> dict[str, Any]:
+        """Backend name + version, ``isolation`` summary, ``python_version`` and interpreter
+        (``python``) or image (``image_id``) identity; recorded in entries next to the limits."""
 
     def close(self) -> None:
-        """Release resources (warm containers, ...). Idempotent."""
-        ...
+        """Release resources (warm containers, ...). Idempotent. Default: nothing to release."""
+        return None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def new_marker() -> str:
@@ -260,16 +271,6 @@ def classify(*, exit_code: int | None, stdout: bytes, stderr: bytes, wall_s: flo
         return Outcome(status="runtime-error", details=f"killed by {name}", **kw)
     last = err.strip().splitlines()[-1] if err.strip() else ""
     return Outcome(status="runtime-error", details=f"exit code {exit_code}: {last[:200]}", **kw)
-
-
-class SandboxContext:
-    """Mixin for backends: ``with backend(...) as sb:`` calls ``sb.close()`` on exit."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 class OutputCap:
@@ -472,71 +473,7 @@ def parse_test_lines(stdout: str, line_key: str = "") -> tuple[list[dict[str, An
     return records, "\n".join(rest)
 
 
-# --------------------------------------------------------------------------------------
-# Choosing and opening a backend
-# --------------------------------------------------------------------------------------
-
-PREFERENCE = ("docker", "process")
-"""Order tried when no backend is named: docker first (per-sandbox memory cgroup, a separate
-root fs), then process (bubblewrap)."""
-
-_shared: dict[tuple, Any] = {}
-_shared_lock = threading.Lock()
-
-
-def best_available() -> tuple[str, dict[str, str]]:
-    """The first usable backend in :data:`PREFERENCE` and every backend's availability line.
-
-    Raises:
-        dllm_bench.errors.BadInputError: none is usable (the message lists why for each).
-    """
-    from dllm_bench import registry
-    from dllm_bench.errors import BadInputError
-
-    reasons: dict[str, str] = {}
-    for name in PREFERENCE:
-        try:
-            ok, why = registry.load("sandboxes", name).available()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is just unavailable
-            ok, why = False, f"{type(exc).__name__}: {exc}"
-        reasons[name] = why
-        if ok:
-            return name, reasons
-    raise BadInputError("no code sandbox is available: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()))
-
-
-def open_sandbox(name: str | None = None, config: dict[str, Any] | None = None, *, shared: bool = True) -> Any:
-    """A sandbox instance: ``name`` (an entry point of ``dllm_bench.sandboxes``) or the best
-    available one. ``shared=True`` returns one instance per ``(name, config)`` for the whole
-    process (a warm docker pool is started once and reused by every task / reward call).
-
-    Raises:
-        dllm_bench.errors.BadInputError: unknown name, bad config, or the backend cannot run
-            here (the message says why, e.g. how to install bubblewrap or build the image).
-    """
-    from dllm_bench import registry
-    from dllm_bench.errors import BadInputError
-
-    if name is None:
-        name, _ = best_available()
-    key = (name, json.dumps(config or {}, sort_keys=True))
-    if shared:
-        with _shared_lock:
-            if key in _shared and not getattr(_shared[key], "closed", False):
-                return _shared[key]
-    try:
-        sb = registry.create("sandboxes", name, config or {})
-    except BadInputError:
-        raise
-    except RuntimeError as exc:  # SandboxUnavailable
-        raise BadInputError(f"sandbox {name!r} is not available: {exc}") from None
-    if shared:
-        with _shared_lock:
-            _shared[key] = sb
-    return sb
-
-
-def sandbox_key(sandbox: Any, limits: Limits) -> dict[str, Any]:
+def sandbox_key(sandbox: Sandbox, limits: Limits) -> dict[str, Any]:
     """The ``sandbox`` part of an entry's comparability key (:class:`dllm_bench.schema.SandboxKey`)."""
     d = sandbox.describe()
     iso = d.get("isolation", "")

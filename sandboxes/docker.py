@@ -44,7 +44,7 @@ from .base import (
     Limits,
     Outcome,
     OutputCap,
-    SandboxContext,
+    Sandbox,
     SandboxUnavailable,
     classify,
     make_payload,
@@ -335,7 +335,7 @@ class _Pool:
         return ids
 
 
-class DockerSandbox(SandboxContext):
+class DockerSandbox(Sandbox):
     """Warm-pool Docker backend (see module docstring).
 
     Args:

@@ -49,7 +49,7 @@ from .base import (
     Limits,
     Outcome,
     OutputCap,
-    SandboxContext,
+    Sandbox,
     SandboxUnavailable,
     classify,
     make_payload,
@@ -162,7 +162,7 @@ class ProcessConfig(BaseModel):
                                                          "(rlimits only). Never a default.")
 
 
-class ProcessSandbox(SandboxContext):
+class ProcessSandbox(Sandbox):
     """bubblewrap + rlimits around the system python3 (see module docstring).
 
     Args:

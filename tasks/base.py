@@ -1,8 +1,10 @@
 """Shared task machinery: configs, data loading (packaged / hub / local file), dataset and
 template hashes, chat-template rendering, the comparability key and metric aggregation.
 
-Every built-in task (math, code, gsm8k_calc) subclasses :class:`BaseTask`; a task plugin
-from another distribution may do the same. A subclass sets the class attributes ``name``,
+:class:`Task` is the contract every task plugin implements (what the harness calls, with
+defaults for the optional methods). Every built-in task (math, code, gsm8k_calc) subclasses
+:class:`BaseTask`, its common implementation; a plugin from another distribution subclasses
+either. A :class:`BaseTask` subclass sets the class attributes ``name``,
 ``version``, ``description``, ``Config`` (a :class:`TaskConfig` subclass), ``DATA`` (a
 :class:`DataSpec`) and ``PROMPT_SPEC``, and implements :meth:`BaseTask.make_docs`,
 :meth:`BaseTask.messages` (or overrides :meth:`BaseTask.prompt`), :meth:`BaseTask.score` and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -258,9 +261,73 @@ def sample_ks(n: int) -> list[int]:
     return sorted(ks)
 
 
+# ---------------------------------------------------------------------- the contract
+class Task(ABC):
+    """The task contract: what the harness calls on a task plugin (entry-point group
+    ``dllm_bench.tasks``). Class attributes ``name``, ``version`` (bump when a verdict could
+    change), ``description`` and ``Config`` (pydantic); instances are built as ``cls(config)``.
+
+    Evaluation (``dllm-bench eval``): :meth:`docs` once; per batch :meth:`prompt` then
+    :meth:`score_batch`; :meth:`aggregate` over all verdicts; :meth:`key`, :meth:`sandbox_key`
+    for the entry's comparability key; :meth:`close` at the end. Scoring a predictions file
+    (``dllm-bench score``) adds :meth:`scorer`. RL trainers call :meth:`docs`, :meth:`prompt`
+    and :meth:`score_batch` (rewards are ``Verdict.score``); SFT calls :meth:`sft_pairs`.
+    A plugin implements the abstract methods; the others have working defaults.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type[StrictModel]]
+
+    @abstractmethod
+    def docs(self) -> Sequence[Doc]:
+        """All documents in their stable order (``Doc.id`` unique)."""
+
+    @abstractmethod
+    def prompt(self, doc: Doc, tokenizer: Any | None = None) -> str:
+        """The prompt text; rendered with ``tokenizer``'s chat template when it has one."""
+
+    @abstractmethod
+    def score(self, doc: Doc, completion: str) -> Verdict:
+        """Judge one completion; never raises on garbage (it is simply wrong)."""
+
+    @abstractmethod
+    def key(self, tokenizer: Any | None = None) -> dict[str, Any]:
+        """The task part of the comparability key (a valid :class:`dllm_bench.schema.TaskKey`)."""
+
+    @abstractmethod
+    def aggregate(self, verdicts: Mapping[str, Sequence[Verdict]]) -> dict[str, Any]:
+        """Metrics ``{name: {"value", "stderr", "n", "k"}}`` from verdicts per document id."""
+
+    def reward(self, doc: Doc, completion: str) -> float:
+        """RL reward in [0, 1]: ``score(doc, completion).score``."""
+        return self.score(doc, completion).score
+
+    def score_batch(self, items: Sequence[tuple[Doc, str]]) -> list[Verdict]:
+        """Verdicts for ``(doc, completion)`` pairs, in order: :meth:`score` on each (override to parallelise)."""
+        return [self.score(d, c) for d, c in items]
+
+    def scorer(self) -> ScorerKey | None:
+        """Scorer name and version (recorded by ``dllm-bench score``); None: not stated."""
+        return None
+
+    def sandbox_key(self) -> dict[str, Any] | None:
+        """The sandbox part of the key (:class:`dllm_bench.schema.SandboxKey`) for tasks that run code."""
+        return None
+
+    def sft_pairs(self, tokenizer: Any | None = None) -> list[tuple[str, str]]:
+        """``(prompt, response)`` pairs for SFT (prompts rendered with ``tokenizer``); default: BadInputError."""
+        raise BadInputError(f"task {self.name!r} has no sft_pairs(); use data_file")
+
+    def close(self) -> None:
+        """Release resources (worker pools, sandboxes); safe to call twice. Default: nothing."""
+        return None
+
+
 # ---------------------------------------------------------------------------- the base
-class BaseTask:
-    """Common implementation of :class:`dllm_bench.plugins.Task`.
+class BaseTask(Task):
+    """Common implementation of :class:`Task` for the built-in tasks.
 
     Args:
         config: the validated ``Config`` (``None`` -> defaults).
@@ -337,17 +404,6 @@ class BaseTask:
         return True
 
     # -------------------------------------------------------------------- scoring
-    def score(self, doc: Doc, completion: str) -> Verdict:
-        raise NotImplementedError
-
-    def reward(self, doc: Doc, completion: str) -> float:
-        """RL reward: ``score(doc, completion).score`` (same extraction and verification)."""
-        return self.score(doc, completion).score
-
-    def score_batch(self, items: Sequence[tuple[Doc, str]]) -> list[Verdict]:
-        """Verdicts for many ``(doc, completion)`` pairs, in order (subclasses may parallelise)."""
-        return [self.score(d, c) for d, c in items]
-
     def rewards(self, items: Sequence[tuple[Doc, str]]) -> list[float]:
         """Rewards for many pairs (``score_batch`` scores): the batched RL reward."""
         return [v.score for v in self.score_batch(items)]
@@ -386,5 +442,3 @@ class BaseTask:
         n_min = min((len(v) for v in per_problem.values() if v), default=1)
         return standard_metrics(per_problem, sample_ks(n_min))
 
-    def close(self) -> None:
-        """Release resources (worker pools, sandboxes). Safe to call twice."""

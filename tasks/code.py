@@ -50,7 +50,7 @@ from pydantic import Field
 from dllm_bench.errors import BadInputError
 from dllm_bench.metrics import standard_metrics
 from dllm_bench.plugins import Doc, Verdict
-from dllm_bench.sandboxes.base import Limits, build_test_program, new_marker, parse_test_lines
+from dllm_bench.sandboxes.base import Limits, Sandbox, build_test_program, new_marker, parse_test_lines
 from dllm_bench.schema import ScorerKey
 from dllm_bench.tasks.base import (
     BaseTask,
@@ -177,7 +177,7 @@ class CodeTask(BaseTask):
         super().__init__(config)
         if self.config.unsafe_no_isolation and self.config.sandbox not in (None, "process"):
             raise BadInputError("unsafe_no_isolation applies to the process sandbox only")
-        self._sandbox: Any = None
+        self._sandbox: Sandbox | None = None
         self._sandbox_lock = threading.Lock()
 
     # ------------------------------------------------------------------ sandbox
@@ -192,25 +192,25 @@ class CodeTask(BaseTask):
         return Limits(wall_time_s=2 * cpu_s + 2, cpu_time_s=cpu_s, memory_mb=self.config.memory_mb)
 
     @property
-    def sandbox(self) -> Any:
+    def sandbox(self) -> Sandbox:
         """The sandbox instance (opened on first use, shared per process and config)."""
         with self._sandbox_lock:
-            if self._sandbox is None or getattr(self._sandbox, "closed", False):
-                from dllm_bench.sandboxes.base import open_sandbox
+            if self._sandbox is None or self._sandbox.closed:
+                from dllm_bench.sandboxes.backends import open_sandbox
 
                 name = self.config.sandbox
                 if self.config.unsafe_no_isolation:
                     name, cfg = "process", {"unsafe_no_isolation": True}
                 else:
                     if name is None:
-                        from dllm_bench.sandboxes.base import best_available
+                        from dllm_bench.sandboxes.backends import best_available
 
                         name, _ = best_available()
                     cfg = {"pool_size": self.config.workers} if name == "docker" else {}
                 self._sandbox = open_sandbox(name, cfg)
             return self._sandbox
 
-    def use_sandbox(self, sandbox: Any) -> None:
+    def use_sandbox(self, sandbox: Sandbox) -> None:
         """Run on an already opened sandbox instance (e.g. one shared with an RL trainer)."""
         with self._sandbox_lock:
             self._sandbox = sandbox
@@ -247,7 +247,7 @@ class CodeTask(BaseTask):
 
     def stop_on_first_failure(self) -> bool:
         """Stop a sample at its first failing test (default: run every test)."""
-        return bool(getattr(self.config, "stop_on_first_failure", False))
+        return False
 
     # ------------------------------------------------------------------ scoring
     def score(self, doc: Doc, completion: str) -> Verdict:
@@ -534,6 +534,10 @@ class LIVECODEBENCH(CodeTask):
     PROMPT_SPEC: ClassVar[dict[str, Any]] = {"system": LCB_SYSTEM, "starter": LCB_FORMAT_STARTER,
                                              "stdin": LCB_FORMAT_STDIN, "template": lcb_user_message("{q}", "{s}")}
     config: LcbConfig
+
+    def stop_on_first_failure(self) -> bool:
+        """``stop_on_first_failure`` of the config (default True, as LiveCodeBench)."""
+        return self.config.stop_on_first_failure
 
     def make_docs(self, data: LoadedData) -> list[Doc]:
         if data.source.startswith("hub:"):

@@ -208,8 +208,9 @@ class GSM8KCalcTask(BaseTask):
             shots = "".join(f"{d.question}={d.target}\n" for d in pool[: self.config.num_fewshot])
         return f"{shots}{doc.question}="
 
-    def sft_pairs(self) -> list[tuple[str, str]]:
-        """``(prompt, response)`` pairs: ``("48/2=", "24")``; the trainer appends EOS."""
+    def sft_pairs(self, tokenizer: Any | None = None) -> list[tuple[str, str]]:
+        """``(prompt, response)`` pairs: ``("48/2=", "24")``; the trainer appends EOS. The prompt
+        never goes through a chat template, so ``tokenizer`` is not used."""
         return [(self.prompt(d), str(d.target)) for d in self.docs()]
 
     # ---- scoring

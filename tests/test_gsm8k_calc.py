@@ -10,9 +10,9 @@ import pytest
 
 from dllm_bench import registry
 from dllm_bench.errors import BadInputError
-from dllm_bench.plugins import Task, check_plugin
+from dllm_bench.plugins import check_plugin
 from dllm_bench.schema import TaskKey
-from dllm_bench.tasks.base import HubSpec, packaged_path
+from dllm_bench.tasks.base import HubSpec, Task, packaged_path
 from dllm_bench.tasks.gsm8k_calc import GSM8K_CALC, GSM8K_CALC_TRAIN, leading_number
 
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
@@ -133,7 +133,7 @@ def test_sft_pairs_cover_the_train_docs(train):
 
 @pytest.mark.parametrize("name,cls", [("gsm8k_calc", GSM8K_CALC), ("gsm8k_calc_train", GSM8K_CALC_TRAIN)])
 def test_entry_points(name, cls):
-    assert registry.load("tasks", name) is cls and check_plugin("tasks", cls) is None
+    assert registry.load("tasks", name) is cls and check_plugin(Task, cls) is None
     task = registry.create("tasks", name, {"limit": 5})
     assert isinstance(task, Task) and len(task.docs()) == 5
     with pytest.raises(BadInputError, match="operators"):

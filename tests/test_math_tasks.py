@@ -15,9 +15,10 @@ import pytest
 from dllm_bench import registry
 from dllm_bench.errors import BadInputError
 from dllm_bench.metrics import standard_metrics
-from dllm_bench.plugins import Task, Verdict, check_plugin
+from dllm_bench.plugins import Verdict, check_plugin
 from dllm_bench.schema import Metric, TaskKey, sha256_text
 from dllm_bench.tasks import base
+from dllm_bench.tasks.base import Task
 from dllm_bench.tasks.math import GSM8K, GSM8K_TRAIN, MATH500, MATH_INSTRUCTION, MATH_TRAIN, judge, math_verify_version
 
 from .conftest import REPO, SHARED_DATA
@@ -276,7 +277,7 @@ def test_aggregate_gives_schema_metrics(math500):
                                       ("gsm8k_train", GSM8K_TRAIN)])
 def test_entry_points_create_the_tasks(name, cls):
     assert registry.load("tasks", name) is cls
-    assert check_plugin("tasks", cls) is None
+    assert check_plugin(Task, cls) is None
     task = registry.create("tasks", name, {"limit": 3})
     assert isinstance(task, cls) and isinstance(task, Task) and len(task.docs()) == 3
     with pytest.raises(BadInputError, match="num_fewshots"):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from dllm_bench.models import load_model
-from dllm_bench.trainers.base import build_trainer
+from dllm_bench.trainers.cli import build_trainer
 
 VENV_BIN = Path(sys.executable).parent
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}

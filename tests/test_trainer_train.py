@@ -16,6 +16,7 @@ import torch
 
 from dllm_bench.models import load_model
 from dllm_bench.plugins import Doc, Verdict
+from dllm_bench.tasks.base import Task
 from dllm_bench.trainers.dipo import DIPO
 from dllm_bench.trainers.networks import ValueNet
 from dllm_bench.trainers.objectives import clipped_value_terms, step_gae
@@ -27,7 +28,7 @@ from dllm_bench.trainers.trajectory import Trajectory, collate
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
 
 
-class DigitTask:
+class DigitTask(Task):
     """A small learnable RL task: reward = fraction of digit characters among the first 8
     characters of the completion (a random tiny model starts near 10/263)."""
 
@@ -45,8 +46,11 @@ class DigitTask:
         r = sum(c.isdigit() for c in completion[:8]) / 8
         return Verdict(correct=r >= 0.5, score=r)
 
-    def reward(self, doc, completion):
-        return self.score(doc, completion).score
+    def key(self, tokenizer=None):
+        return {}
+
+    def aggregate(self, verdicts):
+        return {}
 
 
 def metrics(run: Path) -> list[dict]:

@@ -18,7 +18,7 @@ weights' sidecar records block size B_t, so evaluation uses the adapted block.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -26,6 +26,9 @@ from dllm_bench.errors import BadInputError
 
 from .rl_config import RLConfig
 from .tracerl import TRACERL
+
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
 
 
 class BlockAdaptConfig(RLConfig):
@@ -57,23 +60,23 @@ class BLOCK_ADAPT(TRACERL):
     version: ClassVar[str] = "1"
     Config: ClassVar[type[BlockAdaptConfig]] = BlockAdaptConfig
 
-    def rollout_block_size(self, step: int, adapter: Any) -> int:
+    def rollout_block_size(self, step: int, adapter: ModelAdapter) -> int:
         cfg = self.config
         if cfg.switch_step is not None and step >= cfg.switch_step:
             return int(cfg.block_size)
         return int(cfg.rollout_block_size)
 
-    def train_block_size(self, step: int, adapter: Any) -> int:
+    def train_block_size(self, step: int, adapter: ModelAdapter) -> int:
         if adapter.family != "block-diffusion":
             raise BadInputError(f"block-adapt needs a block-diffusion model; {adapter.spec!r} is {adapter.family}")
         return int(self.config.block_size)
 
-    def sampler_args(self, step: int, adapter: Any) -> dict[str, Any]:
+    def sampler_args(self, step: int, adapter: ModelAdapter) -> dict[str, Any]:
         cfg = self.config
         args = dict(cfg.sampler_args)
         if cfg.switch_step is not None and step >= cfg.switch_step and args.get("denoising_steps"):
             args["denoising_steps"] = int(args["denoising_steps"]) * int(cfg.block_size) // cfg.rollout_block_size
         return args
 
-    def final_adapter(self, adapter: Any) -> Any:
+    def final_adapter(self, adapter: ModelAdapter) -> ModelAdapter:
         return dataclasses.replace(adapter, block_size=int(self.config.block_size))

@@ -14,6 +14,8 @@ import torch
 from .config import TrainConfig
 
 if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
+
     from .engine import Engine
     from .rl_config import ValueOptions
 
@@ -160,7 +162,7 @@ class ValueNet(torch.nn.Module):
         return self.head(torch.gather(h, 1, idx)).squeeze(-1).float()
 
 
-def build_value_net(opts: ValueOptions, adapter: Any, device: torch.device) -> ValueNet:
+def build_value_net(opts: ValueOptions, adapter: ModelAdapter, device: torch.device) -> ValueNet:
     """The value model: a backbone (policy copy / saved value dir / model spec) + head (dLLM-RL
     ``train/init_trado_value_model.py`` at 10b4fd1)."""
     import copy

@@ -20,7 +20,7 @@ once (seeded by (seed, step)), so π_old and π_θ see the same copies.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -28,6 +28,9 @@ from pydantic import Field, model_validator
 from .rl_config import RLConfig
 from .tracerl import TRACERL
 from .trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
 
 
 class RandomMaskRLConfig(RLConfig):
@@ -60,7 +63,7 @@ class RANDOM_MASK_RL(TRACERL):
     version: ClassVar[str] = "1"
     Config: ClassVar[type[RandomMaskRLConfig]] = RandomMaskRLConfig
 
-    def training_batch(self, trajs: list[Trajectory], step: int, adapter: Any, family: str,
+    def training_batch(self, trajs: list[Trajectory], step: int, adapter: ModelAdapter, family: str,
                        g: torch.Generator) -> tuple[list[Trajectory], list[int]]:
         """``mask_copies`` rows per response: step map 2 on masked tokens (targets), 1 elsewhere."""
         cfg = self.config

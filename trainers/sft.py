@@ -32,7 +32,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -41,20 +41,14 @@ from dllm_bench.blocks import left_pad_prompts, response_position_ids, round_up,
 from dllm_bench.console import progress
 from dllm_bench.errors import BadInputError
 
-from .base import open_run
+from .base import Trainer, open_run
 from .batching import batch_indices
 from .config import TrainConfig, config_hash
 from .networks import FAMILY_SHORT, PolicyNet, load_adapter
 from .run_dir import TrainResult
 
-
-def call_sft_pairs(task: Any, tokenizer: Any) -> list[tuple[str, str]]:
-    """``task.sft_pairs(tokenizer)`` or ``task.sft_pairs()`` (tasks without a chat template)."""
-    import inspect
-
-    if inspect.signature(task.sft_pairs).parameters:
-        return task.sft_pairs(tokenizer)
-    return task.sft_pairs()
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
 
 
 class SFTConfig(TrainConfig):
@@ -93,7 +87,7 @@ class SFTConfig(TrainConfig):
                                                             "max_steps is not reached. Unit: epochs.")
 
 
-class SFT:
+class SFT(Trainer):
     """Supervised fine-tuning (block / random-masking / AR); see the module docstring.
 
     Usage::
@@ -105,7 +99,7 @@ class SFT:
     version: ClassVar[str] = "1"
     Config: ClassVar[type[SFTConfig]] = SFTConfig
 
-    def __init__(self, config: SFTConfig | dict[str, Any], adapter: Any = None,
+    def __init__(self, config: SFTConfig | dict[str, Any], adapter: ModelAdapter | None = None,
                  pairs: list[tuple[str, str]] | None = None):
         """Args: ``config`` (validated or a dict); optional in-memory ``adapter`` trained in
         place instead of loading ``config.model``; optional in-memory ``(prompt, response)``
@@ -130,9 +124,7 @@ class SFT:
             from dllm_bench import registry
 
             task = registry.create("tasks", cfg.task, cfg.task_args)
-            if not hasattr(task, "sft_pairs"):
-                raise BadInputError(f"task {cfg.task!r} has no sft_pairs(); use data_file")
-            return list(call_sft_pairs(task, tokenizer))
+            return list(task.sft_pairs(tokenizer))
         path = Path(cfg.data_file)
         if not path.is_file():
             raise BadInputError("data file not found", path=path)
@@ -147,7 +139,7 @@ class SFT:
                 raise BadInputError("expected a JSON object with 'prompt' and 'response'", path=path, line=n) from None
         return pairs
 
-    def tokenize(self, adapter: Any, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    def tokenize(self, adapter: ModelAdapter, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
         """Token ids of every pair (response + EOS), dropping over-long examples."""
         cfg = self.config
         eos = adapter.eos_token_id
@@ -177,13 +169,13 @@ class SFT:
             raise BadInputError(f"sft mode {cfg.mode!r} needs a diffusion model with a mask token; "
                                 f"{cfg.model!r} is ar")
 
-    def mode(self, adapter: Any) -> str:
+    def mode(self, adapter: ModelAdapter) -> str:
         if self.config.mode != "auto":
             return self.config.mode
         return {"block": "block", "full": "random_mask", "ar": "ar"}[FAMILY_SHORT[adapter.family]]
 
     # ------------------------------------------------------------------ batches
-    def build_inputs(self, examples: list[tuple[list[int], list[int]]], mode: str, adapter: Any, B: int,
+    def build_inputs(self, examples: list[tuple[list[int], list[int]]], mode: str, adapter: ModelAdapter, B: int,
                      g: torch.Generator) -> dict[str, torch.Tensor]:
         """Tensors for one micro-batch.
 
@@ -196,7 +188,7 @@ class SFT:
         pad, mask_id, eos = adapter.pad_token_id, adapter.mask_token_id, adapter.eos_token_id
         unit = B if mode == "block" else 1
         tails = [0] * len(examples)
-        if mode == "block" and (cfg.block_alignment or getattr(adapter, "block_alignment", "response")) == "absolute":
+        if mode == "block" and (cfg.block_alignment or adapter.block_alignment) == "absolute":
             # blocks from position 0: the prompt's tail is unmasked context at the head of the first block
             tails = [len(p) % B for p, _ in examples]
             examples = [(p[:len(p) - t], p[len(p) - t:] + list(r)) for (p, r), t in zip(examples, tails)]

@@ -82,14 +82,14 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from dllm_bench.console import progress
 from dllm_bench.errors import BadInputError
 
-from .base import open_run
+from .base import Trainer, open_run
 from .batching import MiniBatch, batch_indices, chunks, update_plan
 from .config import config_hash
 from .engine import Engine
@@ -110,6 +110,12 @@ from .scoring import token_logprobs, token_values
 from .seeding import derive_seed
 from .trajectory import Trajectory, TrajectoryBatch, collate, round_ids, round_rows, trainable_length
 
+if TYPE_CHECKING:
+    from dllm_bench.models import ModelAdapter
+    from dllm_bench.plugins import Doc
+    from dllm_bench.samplers.base import Sampler
+    from dllm_bench.tasks.base import Task
+
 log = logging.getLogger("dllm_bench.trainers")
 
 DEFAULT_SAMPLER = {"block": "block-dynamic", "full": "full-diffusion", "ar": "ar"}
@@ -124,7 +130,7 @@ class RLRun:
     """What stays fixed across the RL steps of one run (built by :meth:`TRACERL.train`)."""
 
     engine: Engine
-    adapter: Any
+    adapter: ModelAdapter
     family: str
     """``block``, ``full`` or ``ar`` (:data:`.networks.FAMILY_SHORT`)."""
     shift: int
@@ -133,7 +139,7 @@ class RLRun:
     """The prepared :class:`.networks.PolicyNet` (frozen for the value trainer)."""
     opt: Any = None
     sched: Any = None
-    task: Any = None
+    task: Task | None = None
     prompts: list[tuple[Any, list[int]]] = dataclasses.field(default_factory=list)
     """(document, prompt token ids) of every task document whose prompt fits."""
     reference: torch.nn.Module | None = None
@@ -186,7 +192,7 @@ class RLStepState:
         return self.metrics
 
 
-class TRACERL:
+class TRACERL(Trainer):
     """TraceRL trainer (plugin ``tracerl``). ``TRACERL(config).train(run_dir) -> TrainResult``.
 
     Variants subclass it and override the methods under "variant hooks"."""
@@ -197,7 +203,8 @@ class TRACERL:
     train_policy: ClassVar[bool] = True
     """False for the value trainer: the rollout policy is frozen, only the value model trains."""
 
-    def __init__(self, config: RolloutConfig | dict[str, Any], adapter: Any = None, task: Any = None):
+    def __init__(self, config: RolloutConfig | dict[str, Any], adapter: ModelAdapter | None = None,
+                 task: Task | None = None):
         """Args: ``config`` (validated ``Config`` or a dict); optional in-memory ``adapter``
         (a :class:`dllm_bench.models.ModelAdapter`, trained in place, instead of loading
         ``config.model``) and ``task`` (a Task object instead of the ``config.task`` plugin)."""
@@ -321,7 +328,7 @@ class TRACERL:
         """Prompt indices of RL step ``step`` on process ``rank`` (per-epoch permutations)."""
         return batch_indices(n, step, self.config.prompts_per_step, derive_seed(self.config.seed, 3, rank))
 
-    def make_sampler(self, step: int, adapter: Any):
+    def make_sampler(self, step: int, adapter: ModelAdapter) -> Sampler:
         """The rollout sampler of RL step ``step`` (its block size and alignment those of training)."""
         from dllm_bench import registry
 
@@ -335,7 +342,7 @@ class TRACERL:
             if args.get("denoising_steps") and args["denoising_steps"] > rb:
                 args["denoising_steps"] = rb
         cls = registry.load("samplers", name)
-        if fam == "block" and "block_alignment" in getattr(cls.Config, "model_fields", {}):
+        if fam == "block" and "block_alignment" in cls.Config.model_fields:
             given = args.get("block_alignment")
             want = self.block_alignment(adapter)
             if given is not None and given != want:
@@ -344,11 +351,11 @@ class TRACERL:
             args["block_alignment"] = want
         return registry.create("samplers", name, args)
 
-    def block_alignment(self, adapter: Any) -> str:
+    def block_alignment(self, adapter: ModelAdapter) -> str:
         """The block alignment of rollouts and training: the config's, else the model's."""
-        return self.config.block_alignment or getattr(adapter, "block_alignment", "response")
+        return self.config.block_alignment or adapter.block_alignment
 
-    def decode(self, engine: Engine, model: torch.nn.Module, adapter: Any, sampler: Any, docs: list[Any],
+    def decode(self, engine: Engine, model: torch.nn.Module, adapter: ModelAdapter, sampler: Sampler, docs: list[Doc],
                prompts: list[list[int]], step: int) -> tuple[list[Trajectory], dict[str, float]]:
         """Decode ``samples_per_prompt`` samples of every prompt from the current weights; one
         :class:`.trajectory.Trajectory` (token ids + step map) per non-empty sample."""
@@ -386,7 +393,8 @@ class TRACERL:
             trajs.append(Trajectory(prompt_ids=list(p), response_ids=raw, step_map=sm, n_trainable=n_tr, group=gi,
                                     doc_id=docs[gi].id, text=gen.text,
                                     extra={"finish_reason": gen.finish_reason, "nfe": gen.nfe},
-                                    block_alignment=getattr(gen.trajectory, "block_alignment", "response")))
+                                    block_alignment=gen.trajectory.block_alignment if gen.trajectory is not None
+                                    else "response"))
         gen_tokens = sum(len(g.token_ids) for g in gens)
         nfe = sum(g.nfe for g in gens)
         stats = {"rollout_s": wall, "rollout_tokens_per_s": gen_tokens / wall if wall > 0 else 0.0,
@@ -395,17 +403,13 @@ class TRACERL:
                  "truncated_frac": sum(g.finish_reason == "length" for g in gens) / max(len(gens), 1)}
         return trajs, stats
 
-    def score(self, task: Any, docs: list[Any], trajs: list[Trajectory]) -> dict[str, float]:
+    def score(self, task: Task, docs: list[Doc], trajs: list[Trajectory]) -> dict[str, float]:
         """Fill ``reward`` from the task's scorer; returns reward mean and accuracy."""
         cfg = self.config
         items = [(docs[t.group], t.text) for t in trajs]
-        if hasattr(task, "score_batch"):
-            verdicts = task.score_batch(items)
-            rewards = [float(v.score) for v in verdicts]
-            correct = [bool(v.correct) for v in verdicts]
-        else:
-            rewards = [float(task.reward(d, c)) for d, c in items]
-            correct = [r >= 1.0 for r in rewards]
+        verdicts = task.score_batch(items)
+        rewards = [float(v.score) for v in verdicts]
+        correct = [bool(v.correct) for v in verdicts]
         for t, r in zip(trajs, rewards):
             t.reward = r
             if cfg.truncated_reward is not None and t.extra.get("finish_reason") == "length":
@@ -611,20 +615,20 @@ class TRACERL:
                     banned=run.adapter.mask_token_id if run.family != "ar" else None, **self.forward_kwargs(run))
 
     # ================================================================== variant hooks
-    def rollout_block_size(self, step: int, adapter: Any) -> int | None:
+    def rollout_block_size(self, step: int, adapter: ModelAdapter) -> int | None:
         """Block size the sampler uses at RL step ``step`` (None = sampler/model default)."""
         return self.config.sampler_args.get("block_size")
 
-    def train_block_size(self, step: int, adapter: Any) -> int:
+    def train_block_size(self, step: int, adapter: ModelAdapter) -> int:
         """Training block size B_t at ``step``."""
         rb = self.rollout_block_size(step, adapter)
         return int(self.config.block_size or rb or adapter.block_size or 1)
 
-    def sampler_args(self, step: int, adapter: Any) -> dict[str, Any]:
+    def sampler_args(self, step: int, adapter: ModelAdapter) -> dict[str, Any]:
         """The sampler config at RL step ``step``."""
         return dict(self.config.sampler_args)
 
-    def training_batch(self, trajs: list[Trajectory], step: int, adapter: Any, family: str,
+    def training_batch(self, trajs: list[Trajectory], step: int, adapter: ModelAdapter, family: str,
                        g: torch.Generator) -> tuple[list[Trajectory], list[int]]:
         """The rows to train on and, per row, the index of its trajectory (TraceRL: the
         trajectories themselves)."""
@@ -639,6 +643,6 @@ class TRACERL:
         shrink, grpo.py@ec4bfb3 lines 163-168); None for full-attention and AR models."""
         return max(block_size // self.config.shrink, 1) if family == "block" else None
 
-    def final_adapter(self, adapter: Any) -> Any:
+    def final_adapter(self, adapter: ModelAdapter) -> ModelAdapter:
         """The adapter whose tokenizer and sidecar go with the final weights."""
         return adapter

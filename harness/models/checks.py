@@ -203,7 +203,7 @@ def check_model_args(args: dict[str, Any], source: str = "model arg") -> None:
         raise BadInputError(f"{source} init_seed={args['init_seed']!r}: expected an integer")
     fam = args.get("family")
     if fam is not None and fam not in FAMILIES:
-        from ..registry import did_you_mean
+        from ..errors import did_you_mean
 
         raise BadInputError(f"{source} family={fam!r}: unknown family{did_you_mean(str(fam), FAMILIES)} "
                             f"use one of {', '.join(FAMILIES)}")
@@ -263,7 +263,7 @@ def check_model_source(spec: str, args: dict[str, Any] | None = None, *, arg_sou
         check_model_dir(path, args, arg_source=arg_source)
         return
     if not path.exists() and (spec.startswith((".", "/")) or spec.count("/") != 1):
-        from ..registry import did_you_mean
+        from ..errors import did_you_mean
 
         raise BadInputError(f"unknown model {spec!r}{did_you_mean(spec, BUILTIN_SPECS)} not a built-in spec "
                             f"({', '.join(BUILTIN_SPECS)}), an existing directory, a .gguf file or a hub id "
