@@ -81,8 +81,6 @@ def _build_sampler(name: str, sampler_args: dict[str, Any], adapter: ModelAdapte
     return obj
 
 
-
-
 def _seed_everything(seed: int) -> None:
     import numpy as np
     import torch
