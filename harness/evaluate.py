@@ -7,7 +7,7 @@
    model (:func:`dllm_bench.models.load_model`), builds the sampler (its ``block_size``
    defaults to the model's, and the resolved value is what the key records);
 2. forms the work list: every (document, sample index) pair in document order, cut into
-   fixed batches of ``batch_size``; a sample's seed is ``derive_seed(seed, doc index,
+   fixed batches of ``batch_size``; a sample's seed is ``sample_seed(seed, doc index,
    sample index)`` and its random draws depend only on that seed (per-row generators), so
    a resumed run produces the same samples as an uninterrupted one;
 3. for each batch, skips samples already in ``<output>/samples.jsonl`` (a re-run
@@ -144,7 +144,7 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
         limit: only the first N documents.
         samples: samples per problem (k of mean@k / pass@k), >= 1.
         batch_size: prompts per ``generate`` call, >= 1.
-        seed: base seed; sample (doc i, sample j) uses ``derive_seed(seed, i, j)``.
+        seed: base seed; sample (doc i, sample j) uses ``sample_seed(seed, i, j)``.
         output: directory for ``entry.json``, ``samples.jsonl``, ``run.json``; re-running resumes.
         sandbox / data_source: passed to the task when its Config has them.
         record_trajectory: store each sample's step map and per-step commits in its record.
@@ -179,7 +179,7 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
 
     from .models import ModelAdapter, load_model
     from .results import SampleStore
-    from .samplers.base import derive_seed
+    from .samplers.base import sample_seed
 
     _seed_everything(seed)
     task_obj, docs = _build_task(task, dict(task_args or {}), limit, data_source, sandbox)
@@ -217,7 +217,7 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
                 if not pending:
                     continue
                 prompts = [task_obj.prompt(d, tok) for _, d, _ in pending]
-                row_seeds = [derive_seed(seed, di, si) for di, _, si in pending]
+                row_seeds = [sample_seed(seed, di, si) for di, _, si in pending]
                 try:
                     gens = sampler_obj.generate(adapter, [adapter.encode(p) for p in prompts], seed=row_seeds,
                                                 record_trajectory=record_trajectory)

@@ -151,7 +151,7 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
         sampler: sampler plugin name (default ``block-dynamic``).
         batch_size: prompts per ``generate`` call (lm-eval's ``--batch_size``; ``auto`` = 8).
         seed: base seed; request r of document d (its k-th repeat) uses
-            ``derive_seed(seed, hash(task), d, k)`` whatever the batching.
+            ``sample_seed(seed, hash(task), d, k)`` whatever the batching.
         sampler_args / model_args: explicit dicts (used by :func:`run_lmeval_task`).
         cache_dir: when set, finished generations are appended to ``<cache_dir>/
             lmeval_generations.jsonl`` (flushed per batch) and reused on a re-run, so an
@@ -287,9 +287,9 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
         return {k: info[k] for k in ("id", "family", "weights_sha256", "config_sha256", "dtype")}
 
     def _seed(self, rid: tuple[str, int, int]) -> int:
-        from dllm_bench.samplers.base import derive_seed
+        from dllm_bench.samplers.base import sample_seed
 
-        return derive_seed(self.seed, int(sha256_text(rid[0])[:8], 16), rid[1], rid[2])
+        return sample_seed(self.seed, int(sha256_text(rid[0])[:8], 16), rid[1], rid[2])
 
     def _encode(self, context: str, max_new_tokens: int) -> list[int]:
         ids = self.adapter.encode(context)

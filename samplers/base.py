@@ -230,16 +230,17 @@ class CostMeter:
 
 
 # ------------------------------------------------------------------------------ seeds
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (e.g. base seed, doc index, sample index); stable across runs."""
+def sample_seed(*parts: int) -> int:
+    """One generated sample's 63-bit seed from integers (base seed, doc index, sample index; or
+    base seed, row index); sha256-based, stable across runs. Not ``trainers.seeding.train_seed``."""
     h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 def row_seeds(seed: int | Sequence[int], n: int) -> list[int]:
-    """One seed per prompt: a list is used as is; an int ``s`` gives ``derive_seed(s, i)``."""
+    """One seed per prompt: a list is used as is; an int ``s`` gives ``sample_seed(s, i)``."""
     if isinstance(seed, int):
-        return [derive_seed(seed, i) for i in range(n)]
+        return [sample_seed(seed, i) for i in range(n)]
     seeds = [int(s) for s in seed]
     if len(seeds) != n:
         raise ValueError(f"{len(seeds)} seeds for {n} prompts")

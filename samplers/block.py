@@ -135,7 +135,7 @@ class _BlockSampler(SamplerBase):
         Args:
             model: a :class:`dllm_bench.models.ModelAdapter` of family ``block-diffusion``.
             prompts: token-id lists (non-empty; any lengths).
-            seed: an int (row i uses ``derive_seed(seed, i)``) or one seed per prompt; a
+            seed: an int (row i uses ``sample_seed(seed, i)``) or one seed per prompt; a
                 row's draws depend only on its own seed, not on its batch mates.
             record_trajectory: attach :class:`~dllm_bench.samplers.base.Trajectory` (step map +
                 per-step commits) to each generation.

@@ -42,7 +42,7 @@ import torch
 
 from dllm_bench.blocks import block_causal_mask
 from dllm_bench.models import load_model
-from dllm_bench.samplers.base import derive_seed, filter_logits, step_quotas
+from dllm_bench.samplers.base import filter_logits, sample_seed, step_quotas
 from dllm_bench.samplers.block import BLOCK_DYNAMIC, BLOCK_STATIC
 from dllm_bench.samplers.full import FULL_DIFFUSION
 from refckpt import build_dream, build_llada, build_sdar
@@ -146,7 +146,7 @@ def test_block_samplers_decode_as_the_sdar_reference(sdar, case, cache):
     B, S, thr = case.pop("B"), case.pop("S"), case.pop("threshold", None)
     prompts = [bm.encode(t) for t in PROMPTS]
     assert {len(p) % B for p in prompts} != {0}, "some prompt lengths must not be block multiples"
-    seeds = [derive_seed(5, i) for i in range(len(prompts))]
+    seeds = [sample_seed(5, i) for i in range(len(prompts))]
     cls = BLOCK_DYNAMIC if thr is not None else BLOCK_STATIC
     cfg = dict(block_size=B, denoising_steps=S, max_new_tokens=9,
                cache_mode="none" if cache == "none" else "exact", fuse_commit=cache != "separate", **case)
@@ -165,7 +165,7 @@ def test_response_alignment_differs_from_the_reference_when_prompts_are_ragged(b
     """The harness's own convention is a different partition (so it is a recorded option)."""
     prompts = [bm.encode(t) for t in PROMPTS]
     kw = dict(block_size=4, denoising_steps=2, max_new_tokens=8, temperature=1.0)
-    seeds = [derive_seed(1, i) for i in range(len(prompts))]
+    seeds = [sample_seed(1, i) for i in range(len(prompts))]
     ab = BLOCK_STATIC(BLOCK_STATIC.Config(block_alignment="absolute", **kw)).generate(bm, prompts, seed=seeds)
     rs = BLOCK_STATIC(BLOCK_STATIC.Config(block_alignment="response", **kw)).generate(bm, prompts, seed=seeds)
     ragged = [i for i, p in enumerate(prompts) if len(p) % 4]

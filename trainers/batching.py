@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .seeding import derive_seed
+from .seeding import train_seed
 from .trajectory import round_rows
 
 
@@ -26,7 +26,7 @@ def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
     for pos in range(start, start + batch_size):
         epoch, i = divmod(pos, n)
         if epoch not in perms:
-            g = torch.Generator().manual_seed(derive_seed(seed, 7, epoch))
+            g = torch.Generator().manual_seed(train_seed(seed, 7, epoch))
             perms[epoch] = torch.randperm(n, generator=g).tolist()
         out.append(perms[epoch][i])
     return out

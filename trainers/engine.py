@@ -30,7 +30,7 @@ from dllm_bench.jsonl import JsonlStore
 from .config import TrainConfig
 from .run_dir import RunFiles, TrainerState
 from .schedule import lr_lambda
-from .seeding import derive_seed
+from .seeding import train_seed
 
 CONFIG_DIR = "configs"
 DEEPSPEED_PRESETS = {"zero2": "zero2.json", "zero3": "zero3.json"}
@@ -171,7 +171,7 @@ class Engine(RunFiles):
     def step_generator(self, step: int, stream: int = 0) -> torch.Generator:
         """CPU generator seeded by ``(seed, step, stream, rank)`` — all of a step's randomness."""
         g = torch.Generator()
-        g.manual_seed(derive_seed(self.cfg.seed, step, stream, self.accelerator.process_index))
+        g.manual_seed(train_seed(self.cfg.seed, step, stream, self.accelerator.process_index))
         return g
 
     # -- models and optimizers

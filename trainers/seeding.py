@@ -17,8 +17,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def derive_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed from ``seed`` and integer ``parts`` (stable across runs and platforms)."""
+def train_seed(seed: int, *parts: int) -> int:
+    """A training draw's 63-bit seed from ``seed`` and integer ``parts`` (step, stream, rank...);
+    an LCG chain, stable across runs and platforms. Not ``samplers.base.sample_seed``."""
     h = seed & ((1 << 63) - 1)
     for p in parts:
         h = (h * 6364136223846793005 + (int(p) & ((1 << 63) - 1)) + 1442695040888963407) % (1 << 63)

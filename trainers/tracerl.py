@@ -107,7 +107,7 @@ from .objectives import (
 from .rl_config import RLConfig, RolloutConfig
 from .run_dir import TrainResult
 from .scoring import token_logprobs, token_values
-from .seeding import derive_seed
+from .seeding import train_seed
 from .trajectory import Trajectory, TrajectoryBatch, collate, round_ids, round_rows, trainable_length
 
 if TYPE_CHECKING:
@@ -326,7 +326,7 @@ class TRACERL(Trainer):
 
     def prompt_indices(self, n: int, step: int, rank: int = 0) -> list[int]:
         """Prompt indices of RL step ``step`` on process ``rank`` (per-epoch permutations)."""
-        return batch_indices(n, step, self.config.prompts_per_step, derive_seed(self.config.seed, 3, rank))
+        return batch_indices(n, step, self.config.prompts_per_step, train_seed(self.config.seed, 3, rank))
 
     def make_sampler(self, step: int, adapter: ModelAdapter) -> Sampler:
         """The rollout sampler of RL step ``step`` (its block size and alignment those of training)."""
@@ -362,7 +362,7 @@ class TRACERL(Trainer):
         cfg = self.config
         G = cfg.samples_per_prompt
         flat = [(gi, p) for gi, p in enumerate(prompts) for _ in range(G)]
-        seeds = [derive_seed(cfg.seed, step, 11, engine.accelerator.process_index, i) for i in range(len(flat))]
+        seeds = [train_seed(cfg.seed, step, 11, engine.accelerator.process_index, i) for i in range(len(flat))]
         gens = []
         t0 = time.perf_counter()
         with engine.full_params(model) as inner:
