@@ -84,7 +84,7 @@ def time_layouts(model_name: str, sizes: dict, args, device) -> list[dict]:
     from dllm_bench.trainers.networks import PolicyNet
     from dllm_bench.trainers.objectives import clipped_policy_terms
     from dllm_bench.trainers.scoring import token_logprobs
-    from dllm_bench.trainers.trajectory import Trajectory, collate, forward_plan, scatter_tokens
+    from dllm_bench.trainers.trajectory import Rollout, collate, forward_plan, scatter_tokens
 
     ad = load_model("tiny-block-dlm", dtype=args.dtype, device=str(device), block_size=args.block_size, **sizes)
     net = PolicyNet(ad.model).train()
@@ -93,7 +93,7 @@ def time_layouts(model_name: str, sizes: dict, args, device) -> list[dict]:
     out = []
     for kind in ("static", "dynamic"):
         maps = step_maps(kind, args.gen, args.block_size, args.batch, seed=1)
-        trajs = [Trajectory(prompt, torch.randint(0, 250, (args.gen,), generator=g).tolist(), m, args.gen)
+        trajs = [Rollout(prompt, torch.randint(0, 250, (args.gen,), generator=g).tolist(), m, args.gen)
                  for m in maps]
         batch = collate(trajs, family="block", block_size=args.block_size, shrink=1, mask_id=ad.mask_token_id,
                         pad_id=ad.pad_token_id)

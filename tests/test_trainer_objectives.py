@@ -21,7 +21,7 @@ from dllm_bench.trainers.objectives import (
 )
 from dllm_bench.trainers.trajectory import (
     INF_STEP,
-    Trajectory,
+    Rollout,
     collate,
     round_ids,
     round_rows,
@@ -176,7 +176,7 @@ def test_weighted_surrogate_is_the_weighted_token_sum():
 
 
 def _batch(step_maps, n_trainable, B=4, family="block"):
-    trajs = [Trajectory([1, 2], list(range(10, 10 + len(s))), s, n) for s, n in zip(step_maps, n_trainable)]
+    trajs = [Rollout([1, 2], list(range(10, 10 + len(s))), s, n) for s, n in zip(step_maps, n_trainable)]
     return collate(trajs, family=family, block_size=B, shrink=1, mask_id=0, pad_id=0)
 
 

@@ -24,7 +24,7 @@ from dllm_bench.models import load_model
 from dllm_bench.trainers.networks import PolicyNet
 from dllm_bench.trainers.objectives import clipped_policy_terms
 from dllm_bench.trainers.scoring import token_logprobs
-from dllm_bench.trainers.trajectory import INF_STEP, Trajectory, collate, packed_block_inputs, trainable_length
+from dllm_bench.trainers.trajectory import INF_STEP, Rollout, collate, packed_block_inputs, trainable_length
 
 CPU = torch.device("cpu")
 
@@ -61,7 +61,7 @@ def naive_block_logprobs(adapter, batch) -> torch.Tensor:
     return out
 
 
-def synthetic_trajs(adapter) -> list[Trajectory]:
+def synthetic_trajs(adapter) -> list[Rollout]:
     eos = adapter.eos_token_id
     g = torch.Generator().manual_seed(5)
     prompts = [[65, 66, 67], [70] * 6, [71, 72, 73, 74, 75, 76, 77, 78, 79], [80]]
@@ -82,7 +82,7 @@ def synthetic_trajs(adapter) -> list[Trajectory]:
             steps += blk
         if k == 2:
             resp[5] = eos  # EOS inside block 1: tokens after it are state, not targets
-        trajs.append(Trajectory(p, resp, steps, trainable_length(resp, [eos], post_num=1 if k == 2 else 0)))
+        trajs.append(Rollout(p, resp, steps, trainable_length(resp, [eos], post_num=1 if k == 2 else 0)))
     return trajs
 
 
@@ -91,8 +91,8 @@ def sampler_trajs(adapter, threshold: float, temperature: float = 1.0):
                                                         "confidence_threshold": threshold})
     prompts = [adapter.encode(s) for s in ("12+7=", "3*4= hello", "a")]
     gens = smp.generate(adapter, prompts, seed=1, record_trajectory=True)
-    trajs = [Trajectory(p, g.raw_token_ids, g.trajectory.step_map,
-                        trainable_length(g.raw_token_ids, adapter.eos_token_ids)) for p, g in zip(prompts, gens)]
+    trajs = [Rollout(p, g.raw_token_ids, g.trajectory.step_map,
+                     trainable_length(g.raw_token_ids, adapter.eos_token_ids)) for p, g in zip(prompts, gens)]
     return trajs, gens
 
 
@@ -233,8 +233,8 @@ def test_absolute_alignment_training_states_are_the_rollout_states(block_model):
     prompts = [ad.encode(s) for s in ("12+7=", "3*4= hello", "a", "abcd")]
     assert {len(p) % 4 for p in prompts} != {0}
     gens = smp.generate(ad, prompts, seed=1, record_trajectory=True)
-    trajs = [Trajectory(p, g.raw_token_ids, g.trajectory.step_map, len(g.raw_token_ids),
-                        block_alignment=g.trajectory.block_alignment) for p, g in zip(prompts, gens)]
+    trajs = [Rollout(p, g.raw_token_ids, g.trajectory.step_map, len(g.raw_token_ids),
+                     block_alignment=g.trajectory.block_alignment) for p, g in zip(prompts, gens)]
     with pytest.raises(ValueError, match="block alignment"):
         collate(trajs, family="block", block_size=4, shrink=1, mask_id=ad.mask_token_id, pad_id=ad.pad_token_id)
     batch = collate(trajs, family="block", block_size=4, shrink=1, mask_id=ad.mask_token_id,

@@ -23,7 +23,7 @@ from dllm_bench.trainers.objectives import clipped_value_terms, step_gae
 from dllm_bench.trainers.scoring import token_values
 from dllm_bench.trainers.sft import SFT
 from dllm_bench.trainers.tracerl import TRACERL, RLRun, RLStepState
-from dllm_bench.trainers.trajectory import Trajectory, collate
+from dllm_bench.trainers.trajectory import Rollout, collate
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
 
@@ -178,8 +178,8 @@ def test_value_loss_decreases_on_fixed_batch():
     trajs = []
     for i in range(6):
         steps = torch.randperm(8, generator=g).add(1).tolist()
-        trajs.append(Trajectory([65 + i, 61], torch.randint(0, 250, (8,), generator=g).tolist(), steps, 8,
-                                reward=float(i % 2), group=0))
+        trajs.append(Rollout([65 + i, 61], torch.randint(0, 250, (8,), generator=g).tolist(), steps, 8,
+                             reward=float(i % 2), group=0))
     batch = collate(trajs, family="block", block_size=4, shrink=1, mask_id=ad.mask_token_id, pad_id=ad.pad_token_id)
     reward = torch.tensor([t.reward for t in trajs])
     vnet = ValueNet(ad.model.get_decoder(), ad.model.config.hidden_size)
@@ -249,7 +249,7 @@ def test_restart_without_checkpoint_drops_stale_metrics(tmp_path, sft_data):
 
 # ----------------------------------------------------------------------------------------
 # TraceRL's published update procedure (dLLM-RL train/rl_trado.py @10b4fd1)
-def _procedure_trajs(eos: int) -> list[Trajectory]:
+def _procedure_trajs(eos: int) -> list[Rollout]:
     """Six responses of three 4-token blocks, 1-3 steps per block (several tokens per step,
     random order); response 2 ends at an EOS in block 1 whose later tokens were decoded first."""
     g = torch.Generator().manual_seed(7)
@@ -272,11 +272,11 @@ def _procedure_trajs(eos: int) -> list[Trajectory]:
             resp[5] = eos
             steps[4:8] = [t + 2, t + 3, t + 1, t + 1]  # the tail after EOS decoded before it
             n_tr = 6
-        trajs.append(Trajectory([60 + k, 61, 62][: 1 + k % 3], resp, steps, n_tr))
+        trajs.append(Rollout([60 + k, 61, 62][: 1 + k % 3], resp, steps, n_tr))
     return trajs
 
 
-def _reference_rows(trajs: list[Trajectory], B: int) -> list[tuple[int, int, dict[int, int]]]:
+def _reference_rows(trajs: list[Rollout], B: int) -> list[tuple[int, int, dict[int, int]]]:
     """Rows as rl_trado.py builds them (collect_training_data, one_round_vectorized),
     restated: per response, repeatedly take in every block the smallest step not taken yet
     (over all of the response's tokens); the tokens of those steps form one row (its round r

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 
 from .rl_config import RLConfig
 from .tracerl import TRACERL
-from .trajectory import Trajectory
+from .trajectory import Rollout
 
 if TYPE_CHECKING:
     from dllm_bench.models import ModelAdapter
@@ -63,8 +63,8 @@ class RANDOM_MASK_RL(TRACERL):
     version: ClassVar[str] = "1"
     Config: ClassVar[type[RandomMaskRLConfig]] = RandomMaskRLConfig
 
-    def training_batch(self, trajs: list[Trajectory], step: int, adapter: ModelAdapter, family: str,
-                       g: torch.Generator) -> tuple[list[Trajectory], list[int]]:
+    def training_batch(self, trajs: list[Rollout], step: int, adapter: ModelAdapter, family: str,
+                       g: torch.Generator) -> tuple[list[Rollout], list[int]]:
         """``mask_copies`` rows per response: step map 2 on masked tokens (targets), 1 elsewhere."""
         cfg = self.config
         B = self.train_block_size(step, adapter) if family == "block" else None
@@ -93,8 +93,8 @@ class RANDOM_MASK_RL(TRACERL):
                     if not bool((masked & live).any()) and t.n_trainable > 0:
                         masked[int(torch.randint(t.n_trainable, (1,), generator=g))] = True
                 steps = [2 if m else 1 for m in masked.tolist()]
-                rows.append(Trajectory(t.prompt_ids, t.response_ids, steps, t.n_trainable, t.reward, t.group,
-                                       t.doc_id, t.text, train_mask=masked.tolist(), extra=t.extra))
+                rows.append(Rollout(t.prompt_ids, t.response_ids, steps, t.n_trainable, t.reward, t.group,
+                                    t.doc_id, t.text, train_mask=masked.tolist(), extra=t.extra))
                 src.append(k)
         return rows, src
 

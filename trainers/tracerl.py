@@ -108,7 +108,7 @@ from .rl_config import RLConfig, RolloutConfig
 from .run_dir import TrainResult
 from .scoring import token_logprobs, token_values
 from .seeding import train_seed
-from .trajectory import Trajectory, TrajectoryBatch, collate, round_ids, round_rows, trainable_length
+from .trajectory import Rollout, RolloutBatch, collate, round_ids, round_rows, trainable_length
 
 if TYPE_CHECKING:
     from dllm_bench.models import ModelAdapter
@@ -159,7 +159,7 @@ class RLStepState:
     t_start: float
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     # 1. rollout
-    trajs: list[Trajectory] = dataclasses.field(default_factory=list)
+    trajs: list[Rollout] = dataclasses.field(default_factory=list)
     """The samples with token ids, step maps and rewards."""
     # 2. advantages
     seq_adv: torch.Tensor | None = None
@@ -169,7 +169,7 @@ class RLStepState:
     # 3. training rows
     block_size: int = 1
     """Training block size B_t."""
-    batch: TrajectoryBatch | None = None
+    batch: RolloutBatch | None = None
     src: list[int] = dataclasses.field(default_factory=list)
     """Per batch row, the index (into ``kept``) of its trajectory."""
     row_adv: torch.Tensor | None = None
@@ -356,9 +356,9 @@ class TRACERL(Trainer):
         return self.config.block_alignment or adapter.block_alignment
 
     def decode(self, engine: Engine, model: torch.nn.Module, adapter: ModelAdapter, sampler: Sampler, docs: list[Doc],
-               prompts: list[list[int]], step: int) -> tuple[list[Trajectory], dict[str, float]]:
+               prompts: list[list[int]], step: int) -> tuple[list[Rollout], dict[str, float]]:
         """Decode ``samples_per_prompt`` samples of every prompt from the current weights; one
-        :class:`.trajectory.Trajectory` (token ids + step map) per non-empty sample."""
+        :class:`.trajectory.Rollout` (token ids + step map) per non-empty sample."""
         cfg = self.config
         G = cfg.samples_per_prompt
         flat = [(gi, p) for gi, p in enumerate(prompts) for _ in range(G)]
@@ -390,11 +390,11 @@ class TRACERL(Trainer):
                 n_tr = min(len(raw), trainable_length(raw, eos, cfg.post_num))
             else:
                 n_tr = min(len(raw), len(gen.token_ids))
-            trajs.append(Trajectory(prompt_ids=list(p), response_ids=raw, step_map=sm, n_trainable=n_tr, group=gi,
-                                    doc_id=docs[gi].id, text=gen.text,
-                                    extra={"finish_reason": gen.finish_reason, "nfe": gen.nfe},
-                                    block_alignment=gen.trajectory.block_alignment if gen.trajectory is not None
-                                    else "response"))
+            trajs.append(Rollout(prompt_ids=list(p), response_ids=raw, step_map=sm, n_trainable=n_tr, group=gi,
+                                 doc_id=docs[gi].id, text=gen.text,
+                                 extra={"finish_reason": gen.finish_reason, "nfe": gen.nfe},
+                                 block_alignment=gen.trajectory.block_alignment if gen.trajectory is not None
+                                 else "response"))
         gen_tokens = sum(len(g.token_ids) for g in gens)
         nfe = sum(g.nfe for g in gens)
         stats = {"rollout_s": wall, "rollout_tokens_per_s": gen_tokens / wall if wall > 0 else 0.0,
@@ -403,7 +403,7 @@ class TRACERL(Trainer):
                  "truncated_frac": sum(g.finish_reason == "length" for g in gens) / max(len(gens), 1)}
         return trajs, stats
 
-    def score(self, task: Task, docs: list[Doc], trajs: list[Trajectory]) -> dict[str, float]:
+    def score(self, task: Task, docs: list[Doc], trajs: list[Rollout]) -> dict[str, float]:
         """Fill ``reward`` from the task's scorer; returns reward mean and accuracy."""
         cfg = self.config
         items = [(docs[t.group], t.text) for t in trajs]
@@ -628,13 +628,13 @@ class TRACERL(Trainer):
         """The sampler config at RL step ``step``."""
         return dict(self.config.sampler_args)
 
-    def training_batch(self, trajs: list[Trajectory], step: int, adapter: ModelAdapter, family: str,
-                       g: torch.Generator) -> tuple[list[Trajectory], list[int]]:
+    def training_batch(self, trajs: list[Rollout], step: int, adapter: ModelAdapter, family: str,
+                       g: torch.Generator) -> tuple[list[Rollout], list[int]]:
         """The rows to train on and, per row, the index of its trajectory (TraceRL: the
         trajectories themselves)."""
         return trajs, list(range(len(trajs)))
 
-    def round_ids(self, batch: TrajectoryBatch, family: str) -> torch.Tensor:
+    def round_ids(self, batch: RolloutBatch, family: str) -> torch.Tensor:
         """``[b, L]`` round row of every trainable token (:func:`.trajectory.round_ids`)."""
         return round_ids(batch, family)
 

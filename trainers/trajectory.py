@@ -58,8 +58,9 @@ alignment (:func:`collate`): visible in every state, never a target, not a traje
 
 
 @dataclass
-class Trajectory:
-    """One rollout: the token ids the sampler produced and when each was unmasked.
+class Rollout:
+    """One rollout: the token ids the sampler produced and when each was unmasked (from its
+    decode :class:`dllm_bench.samplers.base.Trajectory`), with reward and group.
 
     Attributes:
         prompt_ids: prompt token ids (unpadded).
@@ -140,7 +141,7 @@ def shrink_steps(steps: torch.Tensor, group_len: int, shrink: int) -> torch.Tens
 
 
 @dataclass
-class TrajectoryBatch:
+class RolloutBatch:
     """Tensorised trajectories of one family (prompts left-padded by the block rule).
 
     Attributes:
@@ -174,24 +175,24 @@ class TrajectoryBatch:
     def gen_len(self) -> int:
         return self.response_ids.shape[1]
 
-    def select(self, idx: Sequence[int]) -> TrajectoryBatch:
+    def select(self, idx: Sequence[int]) -> RolloutBatch:
         """Rows ``idx`` (prompt/response padding is kept; trimming is not needed)."""
         ix = torch.as_tensor(list(idx), dtype=torch.long)
-        return TrajectoryBatch(self.prompt_ids[ix], self.prompt_valid[ix], self.prompt_pos[ix],
-                               [self.prompt_lens[i] for i in idx], self.response_ids[ix],
-                               self.steps[ix], self.mask[ix], self.block_size, self.mask_id,
-                               self.pad_id)
+        return RolloutBatch(self.prompt_ids[ix], self.prompt_valid[ix], self.prompt_pos[ix],
+                            [self.prompt_lens[i] for i in idx], self.response_ids[ix],
+                            self.steps[ix], self.mask[ix], self.block_size, self.mask_id,
+                            self.pad_id)
 
-    def to(self, device: torch.device | str) -> TrajectoryBatch:
-        return TrajectoryBatch(self.prompt_ids.to(device), self.prompt_valid.to(device),
-                               self.prompt_pos.to(device), self.prompt_lens,
-                               self.response_ids.to(device), self.steps.to(device),
-                               self.mask.to(device), self.block_size, self.mask_id, self.pad_id)
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        return RolloutBatch(self.prompt_ids.to(device), self.prompt_valid.to(device),
+                            self.prompt_pos.to(device), self.prompt_lens,
+                            self.response_ids.to(device), self.steps.to(device),
+                            self.mask.to(device), self.block_size, self.mask_id, self.pad_id)
 
 
-def collate(trajs: Sequence[Trajectory], *, family: Family, block_size: int, shrink: int,
-            mask_id: int, pad_id: int, alignment: str = "response") -> TrajectoryBatch:
-    """Pad trajectories into a :class:`TrajectoryBatch` and apply the shrinkage.
+def collate(trajs: Sequence[Rollout], *, family: Family, block_size: int, shrink: int,
+            mask_id: int, pad_id: int, alignment: str = "response") -> RolloutBatch:
+    """Pad trajectories into a :class:`RolloutBatch` and apply the shrinkage.
 
     Block models shrink per block (dLLM-RL ``train/rl_trado.py`` at 10b4fd1), full-attention
     models over the whole response (``train/rl_llada.py``),
@@ -238,11 +239,11 @@ def collate(trajs: Sequence[Trajectory], *, family: Family, block_size: int, shr
         steps = shrink_steps(steps, B, shrink)
     elif family == "full":
         steps = shrink_steps(steps, L, shrink)
-    return TrajectoryBatch(pb.input_ids, pb.valid, pb.position_ids, pb.prompt_lens, resp, steps,
-                           mask, block_size, mask_id, pad_id)
+    return RolloutBatch(pb.input_ids, pb.valid, pb.position_ids, pb.prompt_lens, resp, steps,
+                        mask, block_size, mask_id, pad_id)
 
 
-def _tail_into_response(t: Trajectory, B: int) -> Trajectory:
+def _tail_into_response(t: Rollout, B: int) -> Rollout:
     """``absolute`` alignment: the prompt's ``n mod B`` tail becomes untrained context at the
     head of the response (see :func:`collate`)."""
     r = len(t.prompt_ids) % B
@@ -250,14 +251,14 @@ def _tail_into_response(t: Trajectory, B: int) -> Trajectory:
         return t
     n = len(t.response_ids)
     keep = list(t.train_mask[:n]) if t.train_mask is not None else [True] * n
-    return Trajectory(prompt_ids=t.prompt_ids[:-r], response_ids=t.prompt_ids[-r:] + list(t.response_ids),
-                      step_map=[CONTEXT_STEP] * r + list(t.step_map), n_trainable=r + t.n_trainable,
-                      reward=t.reward, group=t.group, doc_id=t.doc_id, text=t.text,
-                      train_mask=[False] * r + keep, extra=t.extra, block_alignment=t.block_alignment)
+    return Rollout(prompt_ids=t.prompt_ids[:-r], response_ids=t.prompt_ids[-r:] + list(t.response_ids),
+                   step_map=[CONTEXT_STEP] * r + list(t.step_map), n_trainable=r + t.n_trainable,
+                   reward=t.reward, group=t.group, doc_id=t.doc_id, text=t.text,
+                   train_mask=[False] * r + keep, extra=t.extra, block_alignment=t.block_alignment)
 
 
 # ------------------------------------------------------------------- round rows
-def round_ids(batch: TrajectoryBatch, family: Family) -> torch.Tensor:
+def round_ids(batch: RolloutBatch, family: Family) -> torch.Tensor:
     """The TraceRL *round row* of every trainable token (the unit of TraceRL's mini-batches).
 
     Rule (dLLM-RL ``train/rl_trado.py`` ``one_round_vectorized`` / ``collect_training_data``,
@@ -271,7 +272,7 @@ def round_ids(batch: TrajectoryBatch, family: Family) -> torch.Tensor:
     trainable token are dropped there and have no id here.
 
     Args:
-        batch: a collated :class:`TrajectoryBatch` (steps already shrunk).
+        batch: a collated :class:`RolloutBatch` (steps already shrunk).
         family: ``block`` / ``full`` / ``ar``.
 
     Returns:
@@ -365,7 +366,7 @@ def _segments(steps: torch.Tensor, mask: torch.Tensor, B: int) -> list[list[tupl
     return out
 
 
-def packed_block_inputs(batch: TrajectoryBatch) -> ForwardInputs:
+def packed_block_inputs(batch: RolloutBatch) -> ForwardInputs:
     """The packed single-forward layout for block models (module docstring).
 
     Returns:
@@ -425,7 +426,7 @@ def packed_block_inputs(batch: TrajectoryBatch) -> ForwardInputs:
     return ForwardInputs(ids, allowed[:, None], pos, gather, torch.arange(b, device=dev), col_of)
 
 
-def round_rows_block_inputs(batch: TrajectoryBatch) -> ForwardInputs:
+def round_rows_block_inputs(batch: RolloutBatch) -> ForwardInputs:
     """TraceRL's original layout (dLLM-RL ``train/rl_trado.py`` at 10b4fd1): one
     ``[prompt ; clean ; masked copy]`` row per
     round r, the copy masking, in every block, the tokens of the block's r-th step and later.
@@ -473,7 +474,7 @@ def round_rows_block_inputs(batch: TrajectoryBatch) -> ForwardInputs:
                          torch.as_tensor(rows, device=dev), torch.stack(cols_l))
 
 
-def per_step_block_inputs(batch: TrajectoryBatch) -> Iterator[ForwardInputs]:
+def per_step_block_inputs(batch: RolloutBatch) -> Iterator[ForwardInputs]:
     """The naive reference: one block-causal forward per trajectory step.
 
     For the i-th step (k, m) of every response, the input is the sampler's state just before
@@ -510,7 +511,7 @@ def per_step_block_inputs(batch: TrajectoryBatch) -> Iterator[ForwardInputs]:
                             torch.stack(gather_l), ix, torch.stack(cols_l))
 
 
-def full_attention_inputs(batch: TrajectoryBatch, rows_per_forward: int = 8) -> Iterator[ForwardInputs]:
+def full_attention_inputs(batch: RolloutBatch, rows_per_forward: int = 8) -> Iterator[ForwardInputs]:
     """Full-attention models: one row per (response, shrunk global step t) (dLLM-RL
     ``train/rl_llada.py`` at 10b4fd1).
 
@@ -546,7 +547,7 @@ def full_attention_inputs(batch: TrajectoryBatch, rows_per_forward: int = 8) -> 
                             torch.stack(c_l))
 
 
-def ar_inputs(batch: TrajectoryBatch) -> ForwardInputs:
+def ar_inputs(batch: RolloutBatch) -> ForwardInputs:
     """AR models: one causal forward over ``[prompt ; response]``; token j is predicted by
     column ``P + j − 1`` (the usual shift)."""
     P, L = batch.prompt_ids.shape[1], batch.gen_len
@@ -563,7 +564,7 @@ def ar_inputs(batch: TrajectoryBatch) -> ForwardInputs:
                          gather, torch.arange(batch.size, device=dev), cols)
 
 
-def forward_plan(batch: TrajectoryBatch, family: Family, *, layout: str = "packed",
+def forward_plan(batch: RolloutBatch, family: Family, *, layout: str = "packed",
                  rows_per_forward: int = 8) -> Iterator[ForwardInputs]:
     """All forwards needed to score every trainable token of ``batch`` once.
 
@@ -592,7 +593,7 @@ GatherFn = Callable[[ForwardInputs], torch.Tensor]
 """``fn(inputs) -> [n, K]`` per-scored-token quantity (log-prob or value) for one forward."""
 
 
-def scatter_tokens(batch: TrajectoryBatch, plan: Iterator[ForwardInputs], fn: GatherFn) -> torch.Tensor:
+def scatter_tokens(batch: RolloutBatch, plan: Iterator[ForwardInputs], fn: GatherFn) -> torch.Tensor:
     """Run ``fn`` on every forward of ``plan`` and scatter its ``[n, K]`` outputs back to
     ``[b, L]`` response positions (0 where nothing was scored). Differentiable."""
     out = None
