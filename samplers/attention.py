@@ -484,7 +484,7 @@ _BACKEND_FNS: dict[str, Callable] = {
 }
 
 
-def check_backend(name: str) -> str:
+def validate_attention_backend(name: str) -> str:
     """Validate an attention backend name (``sdpa``, ``triton``, ``flex``).
 
     Raises:
@@ -517,7 +517,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     Raises:
         BadInputError: unknown backend. ValueError: inconsistent shapes, or neither spec nor mask.
     """
-    return _BACKEND_FNS[check_backend(backend)](q, k, v, spec=spec, mask=mask, scale=scale)
+    return _BACKEND_FNS[validate_attention_backend(backend)](q, k, v, spec=spec, mask=mask, scale=scale)
 
 
 # ----------------------------------------------------------------------------- transformers
@@ -584,7 +584,7 @@ def backend_attn_implementation(backend: str) -> str:
         BadInputError: unknown backend.
     """
     register_transformers_attention()
-    return TRANSFORMERS_ATTN_NAMES[check_backend(backend)]
+    return TRANSFORMERS_ATTN_NAMES[validate_attention_backend(backend)]
 
 
 try:  # models.ModelAdapter.set_attn_backend imports this module to get the names registered

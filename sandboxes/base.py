@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import runner as _runner
 
-Status = Literal["passed", "failed", "timeout", "memory", "runtime-error", "output-limit"]
+RunStatus = Literal["passed", "failed", "timeout", "memory", "runtime-error", "output-limit"]
 """Outcome of one run.
 
 ``passed``: exit 0 (and, with a success marker, the marker printed after the tests).
@@ -110,7 +110,7 @@ class Outcome(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: Status
+    status: RunStatus
     exit_code: int | None
     stdout: str = ""
     stderr: str = ""
