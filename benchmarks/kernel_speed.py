@@ -365,7 +365,7 @@ def training_case(batch: int, P: int, L: int, B: int, hq: int, hkv: int, d: int,
 def sampler_case(quick: bool) -> dict:
     """``block-static`` tokens/s per attention backend (needs the package and pydantic)."""
     from dllm_bench.models import load_model
-    from dllm_bench.samplers.block import BLOCK_STATIC
+    from dllm_bench.samplers.block import BlockStatic
 
     sizes = (dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
              if quick else dict(hidden_size=1024, num_layers=4, num_heads=8, num_kv_heads=2,
@@ -380,7 +380,7 @@ def sampler_case(quick: bool) -> dict:
         def run(be=be):
             ad = load_model("tiny-block-dlm", block_size=B, **sizes)
             out["num_parameters"] = ad.num_parameters
-            s = BLOCK_STATIC(BLOCK_STATIC.Config(attention_backend=be, max_new_tokens=gen_len, block_size=B))
+            s = BlockStatic(BlockStatic.Config(attention_backend=be, max_new_tokens=gen_len, block_size=B))
             s.generate(ad, prompts[:2], seed=0)  # warm-up (compilation, autotuning)
             if CUDA:
                 torch.cuda.synchronize()

@@ -79,13 +79,13 @@ def _prompt_ids(model, batch: int) -> list[list[int]]:
 
 
 def _sampler(mode: str, cache: str, block_size: int, gen: int, threshold: float | None, backend: str = "sdpa"):
-    from dllm_bench.samplers.block import BLOCK_DYNAMIC, BLOCK_STATIC
+    from dllm_bench.samplers.block import BlockDynamic, BlockStatic
 
     common = dict(block_size=block_size, max_new_tokens=gen, cache_mode="exact" if cache.startswith("exact") else cache,
                   fuse_commit=cache != "exact-separate", attention_backend=backend)
     if mode == "static":
-        return BLOCK_STATIC(BLOCK_STATIC.Config(**common))
-    return BLOCK_DYNAMIC(BLOCK_DYNAMIC.Config(confidence_threshold=threshold, **common))
+        return BlockStatic(BlockStatic.Config(**common))
+    return BlockDynamic(BlockDynamic.Config(confidence_threshold=threshold, **common))
 
 
 def calibrate_threshold(model, prompts, block_size: int, target: float = 2.0, gen: int = 32) -> tuple[float, float]:

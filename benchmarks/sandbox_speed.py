@@ -28,13 +28,13 @@ TARGETS = {"process": 25.0, "docker": 15.0}
 
 def measure(backend: str, workers: int, n: int, repeat: int) -> dict:
     from dllm_bench.sandboxes.cli import try_open
-    from dllm_bench.tasks.code import HUMANEVAL, HumanEvalConfig
+    from dllm_bench.tasks.code import HumanEval, HumanEvalConfig
 
     sb, why = try_open(backend, **({"pool_size": workers} if backend == "docker" else {}))
     if sb is None:
         return {"available": False, "reason": why}
     try:
-        task = HUMANEVAL(HumanEvalConfig(workers=workers))
+        task = HumanEval(HumanEvalConfig(workers=workers))
         task.use_sandbox(sb)
         docs = task.docs()[:n]
         items = [(d, d.meta["canonical_solution"]) for d in docs]

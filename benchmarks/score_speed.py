@@ -51,13 +51,13 @@ print(json.dumps({"import_s": t1 - t0, "seconds": t2 - t1, "cpu_s": c2 - c1, "n_
 
 
 def build_cases(tmp: Path) -> list[tuple[str, str, Path]]:
-    from dllm_bench.tasks.math import GSM8K, MATH500
+    from dllm_bench.tasks.math import Gsm8k, Math500
 
     cases = []
     rng = random.Random(0)
     for task, make in (("math500", lambda d: d.meta["solution"]),
-                       ("gsm8k", lambda d: GSM8K().worked_solution(d))):
-        docs = (MATH500() if task == "math500" else GSM8K()).docs()
+                       ("gsm8k", lambda d: Gsm8k().worked_solution(d))):
+        docs = (Math500() if task == "math500" else Gsm8k()).docs()
         texts = [make(d) for d in docs]
         perm = list(range(len(docs)))
         rng.shuffle(perm)

@@ -41,7 +41,7 @@ def import_vllm():
     return vllm
 
 
-class AR_VLLM(SamplerBase):
+class ARvLLM(SamplerBase):
     """vLLM-backed AR baseline sampler. See the module docstring."""
 
     name = "ar-vllm"

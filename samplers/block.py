@@ -224,7 +224,7 @@ class _BlockSampler(SamplerBase):
                     write(s, e)  # the commit forward
 
 
-class BLOCK_STATIC(_BlockSampler):
+class BlockStatic(_BlockSampler):
     """Block diffusion, static: ``B / denoising_steps`` tokens per step (low-confidence or random
     remasking), exact KV cache by default. See the module docstring."""
 
@@ -234,7 +234,7 @@ class BLOCK_STATIC(_BlockSampler):
     dynamic = False
 
 
-class BLOCK_DYNAMIC(_BlockSampler):
+class BlockDynamic(_BlockSampler):
     """Block diffusion, dynamic: every token with confidence > ``confidence_threshold``, at
     least the static quota per step; exact KV cache by default. See the module docstring."""
 

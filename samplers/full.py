@@ -111,7 +111,7 @@ def _full_mask(valid: torch.Tensor, q_start: int, q_len: int, k_len: int) -> tor
     return m
 
 
-class FULL_DIFFUSION(SamplerBase):
+class FullDiffusion(SamplerBase):
     """Semi-AR low-confidence remasking for full-attention diffusion LMs (LLaDA / Dream /
     tiny-full-dlm), with optional Fast-dLLM prefix / dual caches. See the module docstring."""
 
@@ -123,7 +123,7 @@ class FULL_DIFFUSION(SamplerBase):
     def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
                  record_trajectory: bool = False) -> list[Generation]:
         """Decode a batch; arguments and result as
-        :meth:`dllm_bench.samplers.block.BLOCK_STATIC.generate`.
+        :meth:`dllm_bench.samplers.block.BlockStatic.generate`.
 
         Raises:
             BadInputError: a model of another family, or a cache mode on a model that cannot

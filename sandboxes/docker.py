@@ -591,7 +591,3 @@ def _pump_socket(raw: socket.socket, payload: bytes, cap: OutputCap, deadline: f
                 data, buf = buf[8:8 + size], buf[8 + size:]
                 if stream in (1, 2) and not cap.add(stream, data):
                     return "output-limit"
-
-
-DOCKER = DockerSandbox
-"""Entry point ``dllm_bench.sandboxes: docker``."""

@@ -368,7 +368,3 @@ def _pump(proc: subprocess.Popen, payload: bytes, cap: OutputCap, deadline: floa
         return None
     finally:
         sel.close()
-
-
-PROCESS = ProcessSandbox
-"""Entry point ``dllm_bench.sandboxes: process``."""

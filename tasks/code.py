@@ -325,7 +325,7 @@ HUMANEVAL_INSTRUCT = ("Please provide a self-contained Python script that solves
 """evalplus's instruction prompt (``codegen`` ``--force-base-prompt`` off), used by ``style=instruct``."""
 
 
-class HUMANEVAL(CodeTask):
+class HumanEval(CodeTask):
     """HumanEval (Chen et al. 2021): 164 hand-written function problems, ``check(candidate)`` tests."""
 
     name: ClassVar[str] = "humaneval"
@@ -397,7 +397,7 @@ _MBPP_SANITIZED = DataSpec("mbpp/sanitized-mbpp.json", "all",
                                    split="prompt+test+validation+train"))
 
 
-class MBPP(CodeTask):
+class Mbpp(CodeTask):
     """MBPP (Austin et al. 2021): crowd-sourced Python problems with 3 assert tests each.
 
     Prompt: the paper's ``You are an expert Python programmer...`` text with the tests; with
@@ -443,7 +443,7 @@ class MBPP(CodeTask):
         if not k:
             return []
         if self._shots is None:
-            full = MBPP(MbppConfig(subset="full", num_fewshot=0))
+            full = Mbpp(MbppConfig(subset="full", num_fewshot=0))
             self._shots = {int(d.meta["task_id"]): d for d in full.make_docs(load_split(_MBPP_FULL, MbppConfig()))}
         return [self._shots[i] for i in MBPP_FEWSHOT_IDS if f"mbpp/{i}" != doc.id][:k]
 
@@ -511,7 +511,7 @@ class LcbConfig(CodeConfig):
     stop_on_first_failure: bool = Field(True, description="Stop a sample at its first failing test (as LCB)")
 
 
-class LIVECODEBENCH(CodeTask):
+class LiveCodeBench(CodeTask):
     """LiveCodeBench code generation, the v5 window (2024-08 .. 2025-02): 279 problems.
 
     PUBLIC TESTS ONLY (about 2.6 per problem; the hidden tests were not available), so
@@ -609,7 +609,7 @@ class LIVECODEBENCH(CodeTask):
 
 
 # ------------------------------------------------------------------- LeetCode contest
-class LEETCODE_CONTEST(CodeTask):
+class LeetCodeContest(CodeTask):
     """DeepSeek-Coder's LeetCode contest benchmark: 180 problems (2023-07 .. 2024-01), 100
     hidden assert tests each. Prompt: the instruction prompt ``prompt_sft`` as one user turn
     (DeepSeek-Coder ``vllm_inference.py``); program: DeepSeek's import helper (stdlib part)

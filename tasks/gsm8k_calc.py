@@ -19,7 +19,7 @@ Filter (defaults; all are ``Config`` fields, and the applied filter is in the en
   not seen in training. The train reference (also the source of few-shot lines) is always
   the shipped train file, whatever ``data_source`` says.
 
-Counts on the shipped data with the defaults (see :meth:`GSM8KCalcTask.stats`): train
+Counts on the shipped data with the defaults (see :meth:`Gsm8kCalcTask.stats`): train
 23716 annotations -> 2979 documents; test 4282 annotations -> 1175 unique, 264 after
 removing the 911 that occur in train.
 
@@ -143,7 +143,7 @@ def leading_number(completion: str) -> str | None:
     return m.group(1) if m else None
 
 
-class GSM8KCalcTask(BaseTask):
+class Gsm8kCalcTask(BaseTask):
     """Shared implementation of ``gsm8k_calc`` and ``gsm8k_calc_train``."""
 
     Config: ClassVar[type[CalcConfig]] = CalcConfig
@@ -224,7 +224,7 @@ class GSM8KCalcTask(BaseTask):
         return ScorerKey(name="exact-int", version="1")
 
 
-class GSM8K_CALC(GSM8KCalcTask):
+class Gsm8kCalc(Gsm8kCalcTask):
     """Held-out evaluation split: annotations of the GSM8K test set."""
 
     name: ClassVar[str] = "gsm8k_calc"
@@ -234,7 +234,7 @@ class GSM8K_CALC(GSM8KCalcTask):
     DATA: ClassVar[DataSpec] = _TEST
 
 
-class GSM8K_CALC_TRAIN(GSM8KCalcTask):
+class Gsm8kCalcTrain(Gsm8kCalcTask):
     """Training split: annotations of the GSM8K train set (SFT pairs and RL prompts)."""
 
     name: ClassVar[str] = "gsm8k_calc_train"

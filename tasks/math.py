@@ -332,7 +332,7 @@ class _MathDataset(MathTask):
         return str(doc.meta["solution"])
 
 
-class MATH500(_MathDataset):
+class Math500(_MathDataset):
     """MATH-500: the 500-problem MATH test subset of PRM800K (Lightman et al. 2023)."""
 
     name: ClassVar[str] = "math500"
@@ -342,7 +342,7 @@ class MATH500(_MathDataset):
                                         HubSpec(path="HuggingFaceH4/MATH-500", split="test"))
 
 
-class MATH_TRAIN(_MathDataset):
+class MathTrain(_MathDataset):
     """MATH training split (Hendrycks et al. 2021), 7500 problems: RL / SFT prompt set.
 
     Two rows (``train/number_theory/7115.json``, ``7117.json``) have an empty ``\\boxed{}``
@@ -382,7 +382,7 @@ class _Gsm8kDataset(MathTask):
         return f"{steps}\nThe final answer is \\boxed{{{doc.target}}}."
 
 
-class GSM8K(_Gsm8kDataset):
+class Gsm8k(_Gsm8kDataset):
     """GSM8K test split (Cobbe et al. 2021), 1319 grade-school word problems."""
 
     name: ClassVar[str] = "gsm8k"
@@ -392,7 +392,7 @@ class GSM8K(_Gsm8kDataset):
                                         HubSpec(path="openai/gsm8k", name="main", split="test"))
 
 
-class GSM8K_TRAIN(_Gsm8kDataset):
+class Gsm8kTrain(_Gsm8kDataset):
     """GSM8K train split, 7473 problems: RL / SFT prompt set."""
 
     name: ClassVar[str] = "gsm8k_train"

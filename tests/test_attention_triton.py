@@ -207,14 +207,14 @@ def test_sampler_greedy_tokens_triton_equal_sdpa(cache_mode, B):
     """block-static greedy decoding on tiny-block-dlm (fp32): the Triton backend gives the same tokens."""
     try:
         from dllm_bench.models import load_model
-        from dllm_bench.samplers.block import BLOCK_STATIC
+        from dllm_bench.samplers.block import BlockStatic
     except ImportError as exc:  # the models / samplers layer is not in this checkout yet
         pytest.skip(f"models / block samplers not importable: {exc}")
     prompts = [[5, 9, 17], list(range(30, 41))]
     tokens = {}
     for backend in ("sdpa", "triton"):
         model = load_model("tiny-block-dlm", block_size=B, device=str(DEV), dtype="float32")
-        sampler = BLOCK_STATIC(BLOCK_STATIC.Config(attention_backend=backend, max_new_tokens=12, block_size=B,
+        sampler = BlockStatic(BlockStatic.Config(attention_backend=backend, max_new_tokens=12, block_size=B,
                                                    cache_mode=cache_mode))
         tokens[backend] = [g.raw_token_ids for g in sampler.generate(model, prompts, seed=0)]
     assert all(len(t) >= 12 for t in tokens["sdpa"])  # whole blocks

@@ -20,13 +20,13 @@ import pytest
 from dllm_bench.plugins import Verdict
 from dllm_bench.sandboxes.cli import try_open
 from dllm_bench.tasks.code import (
-    HUMANEVAL,
-    LEETCODE_CONTEST,
-    LIVECODEBENCH,
-    MBPP,
     CodeConfig,
+    HumanEval,
     HumanEvalConfig,
     LcbConfig,
+    LeetCodeContest,
+    LiveCodeBench,
+    Mbpp,
     MbppConfig,
     cut_at_stops,
     extract_code,
@@ -77,7 +77,7 @@ def test_lcb_stdio_comparison():
 
 # ------------------------------------------------------------------------ HumanEval
 def test_humaneval_canonical_solutions_all_pass(backend):
-    t = _task(HUMANEVAL, HumanEvalConfig(workers=2), backend)
+    t = _task(HumanEval, HumanEvalConfig(workers=2), backend)
     docs = t.docs()
     assert len(docs) == 164 and docs[0].id == "HumanEval/0"
     verdicts = t.score_batch([(d, d.meta["canonical_solution"]) for d in docs])
@@ -87,7 +87,7 @@ def test_humaneval_canonical_solutions_all_pass(backend):
 
 
 def test_humaneval_body_program_and_wrong_programs(backend):
-    t = _task(HUMANEVAL, HumanEvalConfig(workers=2), backend)
+    t = _task(HumanEval, HumanEvalConfig(workers=2), backend)
     d0, d1 = t.docs()[0], t.docs()[1]
     body = d0.meta["canonical_solution"]
     whole = d0.question + body
@@ -115,18 +115,18 @@ def test_humaneval_body_program_and_wrong_programs(backend):
 
 
 def test_humaneval_prompt_styles():
-    t = HUMANEVAL(HumanEvalConfig())
+    t = HumanEval(HumanEvalConfig())
     d = t.docs()[0]
     assert t.prompt(d, None) == d.question  # completion style: the raw prompt, no chat template
     assert not t.uses_chat_template()
-    ti = HUMANEVAL(HumanEvalConfig(style="instruct"))
+    ti = HumanEval(HumanEvalConfig(style="instruct"))
     assert ti.uses_chat_template()
     assert "markdown code block" in ti.prompt(d, None) and d.question.strip() in ti.prompt(d, None)
 
 
 # ----------------------------------------------------------------------------- MBPP
 def test_mbpp_sanitized_reference_solutions_pass(backend):
-    t = _task(MBPP, MbppConfig(workers=2), backend)
+    t = _task(Mbpp, MbppConfig(workers=2), backend)
     docs = t.docs()
     assert len(docs) == 427
     verdicts = t.score_batch([(d, d.meta["code"]) for d in docs])
@@ -140,7 +140,7 @@ def test_mbpp_full_reference_solutions_pass():
     sb, why = try_open("process")
     if sb is None:
         pytest.skip(why)
-    t = _task(MBPP, MbppConfig(subset="full", workers=2), sb)
+    t = _task(Mbpp, MbppConfig(subset="full", workers=2), sb)
     docs = t.docs()
     assert len(docs) == 974
     verdicts = t.score_batch([(d, d.meta["code"]) for d in docs])
@@ -150,7 +150,7 @@ def test_mbpp_full_reference_solutions_pass():
 
 
 def test_mbpp_prompt_extraction_and_wrong_program(backend):
-    t = _task(MBPP, MbppConfig(workers=1), backend)
+    t = _task(Mbpp, MbppConfig(workers=1), backend)
     d = next(x for x in t.docs() if x.id == "mbpp/17")
     prompt = t.prompt(d, None)
     assert prompt.startswith("You are an expert Python programmer") and prompt.endswith("[BEGIN]\n")
@@ -187,7 +187,7 @@ class Solution:
 
 
 def test_livecodebench_public_tests_stdin_and_functional(backend):
-    t = _task(LIVECODEBENCH, LcbConfig(workers=2), backend)
+    t = _task(LiveCodeBench, LcbConfig(workers=2), backend)
     assert len(t.docs()) == 279
     assert "PUBLIC tests only" in t.description and "public tests only" in t.key()["notes"]
     stdin_doc = t.doc_by_id("abc365_b")
@@ -210,7 +210,7 @@ def test_livecodebench_public_tests_stdin_and_functional(backend):
 
 
 def test_livecodebench_prompt_format():
-    t = LIVECODEBENCH(LcbConfig())
+    t = LiveCodeBench(LcbConfig())
     msgs = t.messages(t.doc_by_id("abc365_b"))
     assert msgs[0]["role"] == "system" and msgs[0]["content"].startswith("You are an expert Python programmer")
     assert msgs[1]["content"].startswith("### Question:\n") and "# YOUR CODE HERE" in msgs[1]["content"]
@@ -221,7 +221,7 @@ def test_livecodebench_prompt_format():
 
 # ------------------------------------------------------------------ LeetCode contest
 def test_leetcode_contest_hidden_tests(backend):
-    t = _task(LEETCODE_CONTEST, CodeConfig(workers=2), backend)
+    t = _task(LeetCodeContest, CodeConfig(workers=2), backend)
     docs = t.docs()
     assert len(docs) == 180 and all(len(d.target) == 100 for d in docs)
     d = docs[0]
@@ -236,7 +236,7 @@ def test_leetcode_contest_hidden_tests(backend):
 
 # -------------------------------------------------------------------- metrics / CLI
 def test_aggregate_pass_at_k_without_majority():
-    t = HUMANEVAL(HumanEvalConfig())
+    t = HumanEval(HumanEvalConfig())
     v = lambda ok: Verdict(correct=ok, score=float(ok), extracted="x")  # noqa: E731
     m = t.aggregate({"a": [v(True), v(False), v(False), v(False)], "b": [v(False)] * 4})
     assert m["pass@1"]["value"] == pytest.approx(0.125)
@@ -248,7 +248,7 @@ def test_score_cli_on_humaneval(tmp_path):
     sb, why = try_open("process")
     if sb is None:
         pytest.skip(why)
-    t = HUMANEVAL(HumanEvalConfig())
+    t = HumanEval(HumanEvalConfig())
     preds = tmp_path / "preds.jsonl"
     rows = []
     for d in t.docs()[:3]:

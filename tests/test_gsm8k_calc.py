@@ -13,20 +13,20 @@ from dllm_bench.errors import BadInputError
 from dllm_bench.plugins import check_plugin
 from dllm_bench.schema import TaskKey
 from dllm_bench.tasks.base import HubSpec, Task, packaged_path
-from dllm_bench.tasks.gsm8k_calc import GSM8K_CALC, GSM8K_CALC_TRAIN, leading_number
+from dllm_bench.tasks.gsm8k_calc import Gsm8kCalc, Gsm8kCalcTrain, leading_number
 
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv}
 ID = re.compile(r"gsm8k_calc/(train|test)/(\d+)/(\d+)")
 
 
 @pytest.fixture(scope="module")
-def train() -> GSM8K_CALC_TRAIN:
-    return GSM8K_CALC_TRAIN()
+def train() -> Gsm8kCalcTrain:
+    return Gsm8kCalcTrain()
 
 
 @pytest.fixture(scope="module")
-def test_split() -> GSM8K_CALC:
-    return GSM8K_CALC()
+def test_split() -> Gsm8kCalc:
+    return Gsm8kCalc()
 
 
 def _check(doc, max_operand=99, max_result=999, ops="+-*/"):
@@ -47,7 +47,7 @@ def test_counts_after_filtering(train, test_split):
     assert len(test_split.docs()) == 264
     s = test_split.stats()
     assert (s["annotations"], s["train_overlap"], s["kept"]) == (4282, 911, 264)
-    assert len(GSM8K_CALC(GSM8K_CALC.Config(exclude_train_overlap=False)).docs()) == 1175
+    assert len(Gsm8kCalc(Gsm8kCalc.Config(exclude_train_overlap=False)).docs()) == 1175
     for t in (train, test_split):
         s = t.stats()
         rejected = sum(v for k, v in s.items() if k not in ("annotations", "kept"))
@@ -82,7 +82,7 @@ def test_test_split_is_held_out(train, test_split):
 
 @pytest.mark.parametrize("kw", [{"operators": "+"}, {"max_operand": 9, "max_result": 20}, {"operators": "*/"}])
 def test_filter_knobs(kw):
-    task = GSM8K_CALC_TRAIN(GSM8K_CALC_TRAIN.Config(**kw))
+    task = Gsm8kCalcTrain(Gsm8kCalcTrain.Config(**kw))
     docs = task.docs()
     assert docs
     for d in docs:
@@ -117,10 +117,10 @@ def test_prompt_ignores_chat_templates(test_split):
 
 
 def test_fewshot_lines(test_split):
-    task = GSM8K_CALC(GSM8K_CALC.Config(num_fewshot=2))
+    task = Gsm8kCalc(Gsm8kCalc.Config(num_fewshot=2))
     doc = task.docs()[0]
     assert task.prompt(doc) == f"48/2=24\n48+24=72\n{doc.question}="
-    tr = GSM8K_CALC_TRAIN(GSM8K_CALC_TRAIN.Config(num_fewshot=1))
+    tr = Gsm8kCalcTrain(Gsm8kCalcTrain.Config(num_fewshot=1))
     assert tr.prompt(tr.docs()[0]) == "48+24=72\n48/2="  # never its own example
 
 
@@ -131,7 +131,7 @@ def test_sft_pairs_cover_the_train_docs(train):
     assert all(train.score(d, r).correct for d, (_, r) in zip(train.docs(), pairs))
 
 
-@pytest.mark.parametrize("name,cls", [("gsm8k_calc", GSM8K_CALC), ("gsm8k_calc_train", GSM8K_CALC_TRAIN)])
+@pytest.mark.parametrize("name,cls", [("gsm8k_calc", Gsm8kCalc), ("gsm8k_calc_train", Gsm8kCalcTrain)])
 def test_entry_points(name, cls):
     assert registry.load("tasks", name) is cls and check_plugin(Task, cls) is None
     task = registry.create("tasks", name, {"limit": 5})
@@ -146,8 +146,8 @@ def test_hub_loader_on_local_files(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     f = tmp_path / "gsm8k_test.jsonl"
     f.write_text("".join(packaged_path("gsm8k/test.jsonl").read_text().splitlines(True)[:200]))
-    task = GSM8K_CALC(GSM8K_CALC.Config(data_source="hub", hub=HubSpec(path="json", data_files=str(f), split="train")))
-    expected = [d for d in GSM8K_CALC().docs() if d.meta["line"] < 200]
+    task = Gsm8kCalc(Gsm8kCalc.Config(data_source="hub", hub=HubSpec(path="json", data_files=str(f), split="train")))
+    expected = [d for d in Gsm8kCalc().docs() if d.meta["line"] < 200]
     # dedup is per loaded file, so the first 200 lines give the same docs as the full file's
     assert [d.id for d in task.docs()] == [d.id for d in expected]
     assert task.key()["dataset"]["source"] == "hub:json"

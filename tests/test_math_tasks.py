@@ -19,7 +19,7 @@ from dllm_bench.plugins import Verdict, check_plugin
 from dllm_bench.schema import Metric, TaskKey, sha256_text
 from dllm_bench.tasks import base
 from dllm_bench.tasks.base import Task
-from dllm_bench.tasks.math import GSM8K, GSM8K_TRAIN, MATH500, MATH_INSTRUCTION, MATH_TRAIN, judge, math_verify_version
+from dllm_bench.tasks.math import MATH_INSTRUCTION, Gsm8k, Gsm8kTrain, Math500, MathTrain, judge, math_verify_version
 
 from .conftest import REPO, SHARED_DATA
 
@@ -43,13 +43,13 @@ MATH_TRAIN_KNOWN_MISMATCH = {
 
 
 @pytest.fixture(scope="module")
-def math500() -> MATH500:
-    return MATH500()
+def math500() -> Math500:
+    return Math500()
 
 
 @pytest.fixture(scope="module")
-def gsm8k() -> GSM8K:
-    return GSM8K()
+def gsm8k() -> Gsm8k:
+    return Gsm8k()
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +69,16 @@ def test_shipped_data_is_the_shared_data_byte_for_byte(rel, sha):
         assert (SHARED_DATA / rel).read_bytes() == shipped.read_bytes()
 
 
-@pytest.mark.parametrize("cls,n,first_id", [(MATH500, 500, "test/precalculus/807.json"),
-                                            (GSM8K, 1319, "gsm8k/test/0"),
-                                            (MATH_TRAIN, 7500, "train/algebra/0.json"),
-                                            (GSM8K_TRAIN, 7473, "gsm8k/train/0")])
+@pytest.mark.parametrize("cls,n,first_id", [(Math500, 500, "test/precalculus/807.json"),
+                                            (Gsm8k, 1319, "gsm8k/test/0"),
+                                            (MathTrain, 7500, "train/algebra/0.json"),
+                                            (Gsm8kTrain, 7473, "gsm8k/train/0")])
 def test_docs_counts_and_stable_ids(cls, n, first_id):
     task = cls()
     docs = task.docs()
     assert len(docs) == n and docs[0].id == first_id
     assert len({d.id for d in docs}) == n
-    if cls in (GSM8K, GSM8K_TRAIN):
+    if cls in (Gsm8k, Gsm8kTrain):
         split = cls.DATA.split
         assert [d.id for d in docs[:3]] == [f"gsm8k/{split}/{i}" for i in range(3)]
     assert cls(cls.Config(limit=7)).docs() == docs[:7]
@@ -132,7 +132,7 @@ def test_gsm8k_commas_and_unboxed_numbers():
 
 
 def test_math_train_solutions_match_answers_on_a_sample():
-    task = MATH_TRAIN()
+    task = MathTrain()
     docs = task.docs()[::30]  # 250 of 7500, every subject
     verdicts = task.score_batch([(d, d.meta["solution"]) for d in docs])
     wrong = {d.id for d, v in zip(docs, verdicts) if not v.correct}
@@ -141,7 +141,7 @@ def test_math_train_solutions_match_answers_on_a_sample():
 
 
 def test_math_train_empty_box_rows_are_always_wrong():
-    task = MATH_TRAIN()
+    task = MathTrain()
     doc = task.doc_by_id("train/number_theory/7115.json")
     assert doc.target == ""
     v = task.score(doc, "\\boxed{0}")
@@ -204,8 +204,8 @@ def test_scoring_from_a_worker_thread_matches_the_main_thread(math500):
 def test_process_pool_and_in_process_scoring_agree(gsm8k):
     docs = gsm8k.docs()[:80]
     items = [(d, f"\\boxed{{{d.target}}}" if i % 3 else "\\boxed{0.5}") for i, d in enumerate(docs)]
-    pooled = GSM8K(GSM8K.Config(score_workers=2)).score_batch(items)
-    single = GSM8K(GSM8K.Config(score_workers=1)).score_batch(items)
+    pooled = Gsm8k(Gsm8k.Config(score_workers=2)).score_batch(items)
+    single = Gsm8k(Gsm8k.Config(score_workers=1)).score_batch(items)
     assert [(v.correct, v.extracted) for v in pooled] == [(v.correct, v.extracted) for v in single]
 
 
@@ -225,17 +225,17 @@ def test_prompt_through_a_real_chat_template(math500, byte_tokenizer):
 
 
 def test_fewshot_turns_come_from_the_train_split(byte_tokenizer):
-    task = GSM8K(GSM8K.Config(num_fewshot=2))
+    task = Gsm8k(Gsm8k.Config(num_fewshot=2))
     doc = task.docs()[0]
     msgs = task.messages(doc)
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
-    train = GSM8K_TRAIN().docs()
+    train = Gsm8kTrain().docs()
     assert msgs[0]["content"].startswith(train[0].question) and msgs[2]["content"].startswith(train[1].question)
     assert msgs[1]["content"].endswith("\\boxed{72}.") and "<<" not in msgs[1]["content"]
     assert task.prompt(doc, byte_tokenizer).count("<|im_start|>user") == 3
     assert task.prompt(doc).endswith(doc.question + "\n" + MATH_INSTRUCTION)
     # the document itself is never its own example
-    tr = MATH_TRAIN(MATH_TRAIN.Config(num_fewshot=1))
+    tr = MathTrain(MathTrain.Config(num_fewshot=1))
     first = tr.docs()[0]
     assert first.question not in tr.messages(first)[0]["content"]
     # the worked solutions score as correct answers of their own problems
@@ -252,7 +252,7 @@ def test_key_is_a_valid_task_key(math500, byte_tokenizer):
     chat = TaskKey.model_validate(math500.key(byte_tokenizer))
     assert chat.prompt.chat_template_sha256 == sha256_text(byte_tokenizer.chat_template)
     assert chat.prompt.template_sha256 == plain.prompt.template_sha256
-    limited = TaskKey.model_validate(MATH500(MATH500.Config(limit=10, num_fewshot=2)).key())
+    limited = TaskKey.model_validate(Math500(Math500.Config(limit=10, num_fewshot=2)).key())
     assert limited.dataset.n_effective == 10 and limited.prompt.num_fewshot == 2
 
 
@@ -273,8 +273,8 @@ def test_aggregate_gives_schema_metrics(math500):
 
 
 # ------------------------------------------------------------------- registry/config
-@pytest.mark.parametrize("name,cls", [("math500", MATH500), ("gsm8k", GSM8K), ("math_train", MATH_TRAIN),
-                                      ("gsm8k_train", GSM8K_TRAIN)])
+@pytest.mark.parametrize("name,cls", [("math500", Math500), ("gsm8k", Gsm8k), ("math_train", MathTrain),
+                                      ("gsm8k_train", Gsm8kTrain)])
 def test_entry_points_create_the_tasks(name, cls):
     assert registry.load("tasks", name) is cls
     assert check_plugin(Task, cls) is None
@@ -296,10 +296,10 @@ def offline_datasets_cache(tmp_path, monkeypatch):
 
 
 def test_hub_ids_are_the_real_ones():
-    assert (MATH500.DATA.hub.path, MATH500.DATA.hub.split) == ("HuggingFaceH4/MATH-500", "test")
-    assert (GSM8K.DATA.hub.path, GSM8K.DATA.hub.name, GSM8K.DATA.hub.split) == ("openai/gsm8k", "main", "test")
-    assert GSM8K_TRAIN.DATA.hub.split == "train"
-    assert MATH_TRAIN.DATA.hub.path == "DigitalLearningGmbH/MATH-lighteval"
+    assert (Math500.DATA.hub.path, Math500.DATA.hub.split) == ("HuggingFaceH4/MATH-500", "test")
+    assert (Gsm8k.DATA.hub.path, Gsm8k.DATA.hub.name, Gsm8k.DATA.hub.split) == ("openai/gsm8k", "main", "test")
+    assert Gsm8kTrain.DATA.hub.split == "train"
+    assert MathTrain.DATA.hub.path == "DigitalLearningGmbH/MATH-lighteval"
 
 
 def test_hub_loader_on_local_files_gives_the_packaged_docs(offline_datasets_cache):
@@ -309,23 +309,23 @@ def test_hub_loader_on_local_files_gives_the_packaged_docs(offline_datasets_cach
     f.write_text("\n".join(lines) + "\n")
     hub = {"path": "json", "data_files": str(f), "split": "train"}
     task = registry.create("tasks", "math500", {"data_source": "hub", "hub": hub})
-    assert task.docs() == MATH500().docs()[:25]
+    assert task.docs() == Math500().docs()[:25]
     key = TaskKey.model_validate(task.key())
     assert key.dataset.source == "hub:json"
     assert key.dataset.sha256 == base.rows_sha256([json.loads(x) for x in lines])
 
     g = tmp / "gsm8k.jsonl"
     g.write_text("".join(base.packaged_path("gsm8k/test.jsonl").read_text().splitlines(True)[:10]))
-    gt = GSM8K(GSM8K.Config(data_source="hub", hub=base.HubSpec(path="json", data_files=str(g), split="train")))
-    assert gt.docs() == GSM8K().docs()[:10]
+    gt = Gsm8k(Gsm8k.Config(data_source="hub", hub=base.HubSpec(path="json", data_files=str(g), split="train")))
+    assert gt.docs() == Gsm8k().docs()[:10]
 
 
 def test_hub_rows_without_unique_id_or_answer(offline_datasets_cache):
     """MATH-lighteval rows have problem/level/type/solution only: id by row, gold from the solution."""
-    rows = [{k: r[k] for k in ("problem", "level", "type", "solution")} for r in MATH_TRAIN().data.rows[:5]]
+    rows = [{k: r[k] for k in ("problem", "level", "type", "solution")} for r in MathTrain().data.rows[:5]]
     f = offline_datasets_cache / "lighteval.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = MATH_TRAIN(MATH_TRAIN.Config(data_source="hub",
+    task = MathTrain(MathTrain.Config(data_source="hub",
                                         hub=base.HubSpec(path="json", data_files=str(f), split="train")))
     docs = task.docs()
     assert [d.id for d in docs] == [f"math_train/{i}" for i in range(5)]
@@ -335,7 +335,7 @@ def test_hub_rows_without_unique_id_or_answer(offline_datasets_cache):
 
 def test_hub_failure_is_one_line_bad_input(offline_datasets_cache):
     missing = offline_datasets_cache / "nope.jsonl"
-    task = MATH500(MATH500.Config(data_source="hub", hub=base.HubSpec(path="json", data_files=str(missing),
+    task = Math500(Math500.Config(data_source="hub", hub=base.HubSpec(path="json", data_files=str(missing),
                                                                         split="train")))
     with pytest.raises(BadInputError, match="cannot load dataset hub:json"):
         task.docs()
@@ -344,15 +344,15 @@ def test_hub_failure_is_one_line_bad_input(offline_datasets_cache):
 def test_data_path_reads_a_local_file(tmp_path):
     f = tmp_path / "mine.jsonl"
     f.write_text('{"question": "1+1?", "answer": "two\\n#### 2"}\n\n{"question": "2+2?", "answer": "#### 4"}\n')
-    task = GSM8K(GSM8K.Config(data_path=str(f)))
+    task = Gsm8k(Gsm8k.Config(data_path=str(f)))
     assert [(d.id, d.target) for d in task.docs()] == [("gsm8k/test/0", "2"), ("gsm8k/test/1", "4")]
     assert task.key()["dataset"]["source"] == str(f.resolve())
     f.write_text('{"question": "1+1?"}\n')
     with pytest.raises(BadInputError, match="lacks field"):
-        GSM8K(GSM8K.Config(data_path=str(f))).docs()
+        Gsm8k(Gsm8k.Config(data_path=str(f))).docs()
     f.write_text('{"question": "1+1?", "answer": "#### 2"}\n{oops\n')
     with pytest.raises(BadInputError) as exc:
-        GSM8K(GSM8K.Config(data_path=str(f))).docs()
+        Gsm8k(Gsm8k.Config(data_path=str(f))).docs()
     assert exc.value.line == 2
 
 

@@ -43,8 +43,8 @@ import torch
 from dllm_bench.blocks import block_causal_mask
 from dllm_bench.models import load_model
 from dllm_bench.samplers.base import filter_logits, sample_seed, step_quotas
-from dllm_bench.samplers.block import BLOCK_DYNAMIC, BLOCK_STATIC
-from dllm_bench.samplers.full import FULL_DIFFUSION
+from dllm_bench.samplers.block import BlockDynamic, BlockStatic
+from dllm_bench.samplers.full import FullDiffusion
 from refckpt import build_dream, build_llada, build_sdar
 
 try:
@@ -147,7 +147,7 @@ def test_block_samplers_decode_as_the_sdar_reference(sdar, case, cache):
     prompts = [bm.encode(t) for t in PROMPTS]
     assert {len(p) % B for p in prompts} != {0}, "some prompt lengths must not be block multiples"
     seeds = [sample_seed(5, i) for i in range(len(prompts))]
-    cls = BLOCK_DYNAMIC if thr is not None else BLOCK_STATIC
+    cls = BlockDynamic if thr is not None else BlockStatic
     cfg = dict(block_size=B, denoising_steps=S, max_new_tokens=9,
                cache_mode="none" if cache == "none" else "exact", fuse_commit=cache != "separate", **case)
     if thr is not None:
@@ -166,8 +166,8 @@ def test_response_alignment_differs_from_the_reference_when_prompts_are_ragged(b
     prompts = [bm.encode(t) for t in PROMPTS]
     kw = dict(block_size=4, denoising_steps=2, max_new_tokens=8, temperature=1.0)
     seeds = [sample_seed(1, i) for i in range(len(prompts))]
-    ab = BLOCK_STATIC(BLOCK_STATIC.Config(block_alignment="absolute", **kw)).generate(bm, prompts, seed=seeds)
-    rs = BLOCK_STATIC(BLOCK_STATIC.Config(block_alignment="response", **kw)).generate(bm, prompts, seed=seeds)
+    ab = BlockStatic(BlockStatic.Config(block_alignment="absolute", **kw)).generate(bm, prompts, seed=seeds)
+    rs = BlockStatic(BlockStatic.Config(block_alignment="response", **kw)).generate(bm, prompts, seed=seeds)
     ragged = [i for i, p in enumerate(prompts) if len(p) % 4]
     assert any(ab[i].raw_token_ids[:8] != rs[i].raw_token_ids[:8] for i in ragged)
     aligned = [i for i, p in enumerate(prompts) if len(p) % 4 == 0]
@@ -180,13 +180,13 @@ def test_stable_ranking_is_an_explicit_option_with_its_own_tie_order(bm):
     kw = dict(block_size=4, denoising_steps=4, max_new_tokens=8, top_k=1, block_alignment="absolute",
               record=None)
     kw.pop("record")
-    stable = BLOCK_STATIC(BLOCK_STATIC.Config(ranking="stable", **kw)).generate(bm, prompts, seed=0,
+    stable = BlockStatic(BlockStatic.Config(ranking="stable", **kw)).generate(bm, prompts, seed=0,
                                                                                 record_trajectory=True)
     for g in stable:  # leftmost first among ties: the step map increases along each block
         sm = g.trajectory.step_map
         assert sm == sorted(sm)
-    topk = BLOCK_STATIC(BLOCK_STATIC.Config(**kw)).generate(bm, prompts, seed=0, record_trajectory=True)
-    assert BLOCK_STATIC.Config(**kw).ranking == "topk"
+    topk = BlockStatic(BlockStatic.Config(**kw)).generate(bm, prompts, seed=0, record_trajectory=True)
+    assert BlockStatic.Config(**kw).ranking == "topk"
     for p, g in zip(prompts, topk):
         assert g.trajectory.step_map == ref_sdar(bm, p, B=4, S=4, gen_length=8, top_k=1)[1]
 
@@ -348,7 +348,7 @@ def test_full_diffusion_decodes_as_fast_dllm_llada(llada, cache, threshold):
     fm = llada
     prompts = [fm.encode(t) for t in PROMPTS[:5]]
     cfg = dict(block_size=4, denoising_steps=2, max_new_tokens=12, cache_mode=cache, confidence_threshold=threshold)
-    got = FULL_DIFFUSION(FULL_DIFFUSION.Config(**cfg)).generate(fm, prompts, seed=0)  # one padded batch
+    got = FullDiffusion(FullDiffusion.Config(**cfg)).generate(fm, prompts, seed=0)  # one padded batch
     for p, g in zip(prompts, got):
         toks, nfe = ref_llada(fm, p, B=4, S=2, gen_length=12, cache=cache, threshold=threshold)
         assert g.raw_token_ids == toks
@@ -359,7 +359,7 @@ def test_full_diffusion_decodes_as_fast_dllm_llada(llada, cache, threshold):
 def test_full_diffusion_decodes_as_fast_dllm_dream(dream, cache):
     prompts = [dream.encode(t) for t in PROMPTS[:5]]
     cfg = dict(block_size=4, max_new_tokens=12, cache_mode=cache, confidence_threshold=0.004)
-    got = FULL_DIFFUSION(FULL_DIFFUSION.Config(**cfg)).generate(dream, prompts, seed=0, record_trajectory=True)
+    got = FullDiffusion(FullDiffusion.Config(**cfg)).generate(dream, prompts, seed=0, record_trajectory=True)
     for p, g in zip(prompts, got):
         toks, nfe = ref_dream(dream, p, B=4, gen_length=12, cache=cache, threshold=0.004)
         assert g.raw_token_ids == toks
@@ -376,7 +376,7 @@ def test_a_model_that_cannot_mask_padding_is_never_fed_pads(llada):
 
     remote_like = dataclasses.replace(llada, masks_padding=False)
     prompts = [llada.encode(t) for t in PROMPTS[:2]]
-    smp = FULL_DIFFUSION(FULL_DIFFUSION.Config(block_size=4, max_new_tokens=8))
+    smp = FullDiffusion(FullDiffusion.Config(block_size=4, max_new_tokens=8))
     with pytest.raises(BadInputError, match="cannot mask padding"):
         smp.generate(remote_like, prompts, seed=0)
     alone = smp.generate(remote_like, prompts[:1], seed=0)[0]

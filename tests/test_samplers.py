@@ -11,8 +11,8 @@ from dllm_bench.errors import BadInputError
 from dllm_bench.models import load_model
 from dllm_bench.samplers.ar import AR
 from dllm_bench.samplers.base import finish, select_unmask, step_quotas
-from dllm_bench.samplers.block import BLOCK_DYNAMIC, BLOCK_STATIC
-from dllm_bench.samplers.full import FULL_DIFFUSION, cache_fidelity
+from dllm_bench.samplers.block import BlockDynamic, BlockStatic
+from dllm_bench.samplers.full import FullDiffusion, cache_fidelity
 
 TEXTS = ["a", "12+3=", "hello world", "Natalia sold 48/2=24 clips in May.", "x" * 17, "What is 7*8?"]
 
@@ -34,11 +34,11 @@ def prompts(bm):
 
 
 def _static(**kw):
-    return BLOCK_STATIC(BLOCK_STATIC.Config(**kw))
+    return BlockStatic(BlockStatic.Config(**kw))
 
 
 def _dynamic(**kw):
-    return BLOCK_DYNAMIC(BLOCK_DYNAMIC.Config(**kw))
+    return BlockDynamic(BlockDynamic.Config(**kw))
 
 
 def _raw(gens):
@@ -165,7 +165,7 @@ def test_step_map_consistency_and_masked_before(bm, prompts):
 
 def test_full_diffusion_step_map(fm):
     ps = [fm.encode(t) for t in TEXTS[:3]]
-    for g in FULL_DIFFUSION(FULL_DIFFUSION.Config(block_size=4, denoising_steps=2, max_new_tokens=12)).generate(
+    for g in FullDiffusion(FullDiffusion.Config(block_size=4, denoising_steps=2, max_new_tokens=12)).generate(
             fm, ps, seed=0, record_trajectory=True):
         _check_trajectory(g, 4)
 
@@ -235,9 +235,9 @@ def test_selection_and_quotas():
 def test_full_diffusion_caches_exact_with_one_step_per_block(fm):
     ps = [fm.encode(t) for t in TEXTS]
     base = dict(block_size=8, denoising_steps=1, max_new_tokens=24)
-    ref = FULL_DIFFUSION(FULL_DIFFUSION.Config(**base)).generate(fm, ps, seed=0)
+    ref = FullDiffusion(FullDiffusion.Config(**base)).generate(fm, ps, seed=0)
     for mode in ("prefix", "dual"):
-        got = FULL_DIFFUSION(FULL_DIFFUSION.Config(cache_mode=mode, **base)).generate(fm, ps, seed=0)
+        got = FullDiffusion(FullDiffusion.Config(cache_mode=mode, **base)).generate(fm, ps, seed=0)
         assert _raw(got) == _raw(ref)
         assert [g.nfe for g in got] == [g.nfe for g in ref] == [3] * len(ps)
 
@@ -245,9 +245,9 @@ def test_full_diffusion_caches_exact_with_one_step_per_block(fm):
 def test_full_diffusion_first_step_exact_and_nfe(fm):
     ps = [fm.encode(t) for t in TEXTS]
     kw = dict(block_size=4, denoising_steps=4, max_new_tokens=8)
-    ref = FULL_DIFFUSION(FULL_DIFFUSION.Config(**kw)).generate(fm, ps, seed=0, record_trajectory=True)
+    ref = FullDiffusion(FullDiffusion.Config(**kw)).generate(fm, ps, seed=0, record_trajectory=True)
     for mode in ("prefix", "dual"):
-        got = FULL_DIFFUSION(FULL_DIFFUSION.Config(cache_mode=mode, **kw)).generate(fm, ps, seed=0,
+        got = FullDiffusion(FullDiffusion.Config(cache_mode=mode, **kw)).generate(fm, ps, seed=0,
                                                                                     record_trajectory=True)
         for a, b in zip(ref, got):
             assert a.trajectory.steps[0] == b.trajectory.steps[0]  # block 0, step 1: a full forward
@@ -262,10 +262,10 @@ def test_full_diffusion_logits_shift_path():
     m.logits_shift = True
     ps = [m.encode(t) for t in TEXTS[:3]]
     one = dict(block_size=4, denoising_steps=1, max_new_tokens=12, commit_first_position=False)
-    ref = FULL_DIFFUSION(FULL_DIFFUSION.Config(**one)).generate(m, ps, seed=0)
+    ref = FullDiffusion(FullDiffusion.Config(**one)).generate(m, ps, seed=0)
     for mode in ("prefix", "dual"):
-        assert _raw(FULL_DIFFUSION(FULL_DIFFUSION.Config(cache_mode=mode, **one)).generate(m, ps, seed=0)) == _raw(ref)
-        for g in FULL_DIFFUSION(FULL_DIFFUSION.Config(cache_mode=mode, block_size=4, max_new_tokens=8)).generate(
+        assert _raw(FullDiffusion(FullDiffusion.Config(cache_mode=mode, **one)).generate(m, ps, seed=0)) == _raw(ref)
+        for g in FullDiffusion(FullDiffusion.Config(cache_mode=mode, block_size=4, max_new_tokens=8)).generate(
                 m, ps, seed=0, record_trajectory=True):
             _check_trajectory(g, 4)
 

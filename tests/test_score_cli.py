@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from dllm_bench.cli import app
 from dllm_bench.schema import SampleRecord
 from dllm_bench.scoring import RESULT_FILE, SAMPLES_FILE, flatten_metrics, score_predictions
-from dllm_bench.tasks.gsm8k_calc import GSM8K_CALC
-from dllm_bench.tasks.math import GSM8K, MATH500
+from dllm_bench.tasks.gsm8k_calc import Gsm8kCalc
+from dllm_bench.tasks.math import Gsm8k, Math500
 
 runner = CliRunner()
 
@@ -31,7 +31,7 @@ def score_json(*args: str) -> tuple[int, dict | None, str]:
 
 @pytest.fixture(scope="module")
 def gsm_docs():
-    return GSM8K().docs()
+    return Gsm8k().docs()
 
 
 def test_json_metrics_are_exact_and_stdout_is_only_the_result(tmp_path, gsm_docs):
@@ -123,7 +123,7 @@ def test_limit_restricts_the_known_ids(tmp_path):
 
 
 def test_rescoring_the_per_sample_file_reproduces_the_metrics_exactly(tmp_path):
-    docs = MATH500().docs()[:40]
+    docs = Math500().docs()[:40]
     rows = []
     for i, d in enumerate(docs):  # 3 samples per problem: reference, a wrong box, garbage or a right box
         rows.append({"id": d.id, "completion": d.meta["solution"] if i % 4 else "no idea"})
@@ -155,7 +155,7 @@ def test_rescoring_the_per_sample_file_reproduces_the_metrics_exactly(tmp_path):
 
 
 def test_rescoring_keeps_record_fields(tmp_path):
-    doc = GSM8K().docs()[0]
+    doc = Gsm8k().docs()[0]
     rec = SampleRecord(doc_id=doc.id, sample_index=0, prompt_sha256="ab" * 32, completion="\\boxed{18}",
                        extracted=None, correct=False, score=0.0, cost={"nfe": 12.0}, seed=7,
                        trajectory={"step_map": [0, 1]})
@@ -171,7 +171,7 @@ def test_rescoring_keeps_record_fields(tmp_path):
 
 
 def test_score_gsm8k_calc(tmp_path):
-    docs = GSM8K_CALC().docs()[:4]
+    docs = Gsm8kCalc().docs()[:4]
     preds = write_jsonl(tmp_path / "c.jsonl", [{"id": d.id, "completion": d.target} for d in docs[:3]]
                         + [{"id": docs[3].id, "completion": "9999"}])
     code, out, err = score_json("--task", "gsm8k_calc", "--predictions", str(preds))

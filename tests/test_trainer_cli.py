@@ -103,9 +103,9 @@ sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
 from test_trainer_train import DigitTask, rl_config
-from dllm_bench.trainers.tracerl import TRACERL
+from dllm_bench.trainers.tracerl import TraceRL
 cfg = json.loads(sys.argv[1])
-res = TRACERL(cfg, task=DigitTask()).train(sys.argv[2])
+res = TraceRL(cfg, task=DigitTask()).train(sys.argv[2])
 print(json.dumps(res.to_dict()))
 """
 
@@ -116,7 +116,7 @@ def test_deepspeed_zero3_tracerl_with_value_matches_plain(tmp_path):
     policy for rollouts) on CPU (gloo) gives the same metrics as plain accelerate. The first
     DeepSpeed run on a machine JIT-compiles a communication op (~45 s)."""
     pytest.importorskip("deepspeed")
-    from dllm_bench.trainers.tracerl import TRACERL
+    from dllm_bench.trainers.tracerl import TraceRL
 
     sys.path.insert(0, str(Path(__file__).parent))
     try:
@@ -126,7 +126,7 @@ def test_deepspeed_zero3_tracerl_with_value_matches_plain(tmp_path):
 
     cfg = rl_config("tiny-block-dlm", max_steps=2, lr=1e-2, rows_per_update=16, micro_batch_size=6,
                     value={"lr": 1e-3})
-    TRACERL(cfg, task=DigitTask()).train(tmp_path / "plain")
+    TraceRL(cfg, task=DigitTask()).train(tmp_path / "plain")
     script = tmp_path / "ds.py"
     script.write_text(DS_SCRIPT.format(tests=str(Path(__file__).parent)))
     r = subprocess.run([sys.executable, str(script), json.dumps({**cfg, "deepspeed": "zero3"}), str(tmp_path / "z3")],

@@ -260,24 +260,24 @@ def test_every_trainer_config_field_has_description_and_unit():
 def test_update_procedure_defaults_and_validation():
     from pydantic import ValidationError
 
-    from dllm_bench.trainers.dipo import DIPO
-    from dllm_bench.trainers.tracerl import TRACERL
+    from dllm_bench.trainers.dipo import DiPO
+    from dllm_bench.trainers.tracerl import TraceRL
 
-    t = TRACERL.Config(model="m", task="t")
+    t = TraceRL.Config(model="m", task="t")
     # dLLM-RL configs/rl_trado.yaml @10b4fd1: gradient_accumulation_steps 32 x batch_size_lm 1,
     # num_train_epochs 1, eps 0.2, beta 0.01 (KL to pi_old); DataLoader in order
     assert (t.minibatch, t.rows_per_update, t.partial_update, t.shuffle, t.epochs_per_step, t.loss_norm,
             t.old_logprobs, t.clip_low, t.clip_high, t.kl_beta, t.kl_anchor) == \
         ("round_rows", 32, "drop", False, 1, "round_row", "recompute", 0.2, 0.2, 0.01, "old")
-    d = DIPO.Config(model="m", task="t")
+    d = DiPO.Config(model="m", task="t")
     assert (d.minibatch, d.updates_per_step, d.epochs_per_step, d.old_logprobs, d.loss_norm) == \
         ("responses", 1, 1, "detach", "row_mean")
     with pytest.raises(ValidationError, match="updates_per_step"):
-        TRACERL.Config(model="m", task="t", updates_per_step=2)       # ignored with round_rows: refused
+        TraceRL.Config(model="m", task="t", updates_per_step=2)       # ignored with round_rows: refused
     with pytest.raises(ValidationError, match="detach"):
-        TRACERL.Config(model="m", task="t", old_logprobs="detach")    # several steps cannot be on-policy
+        TraceRL.Config(model="m", task="t", old_logprobs="detach")    # several steps cannot be on-policy
     with pytest.raises(ValidationError):
-        DIPO.Config(model="m", task="t", minibatch="round_rows")
-    assert TRACERL.Config(model="m", task="t", loss_norm="gen_len").loss_norm == "response"  # old name
-    old = TRACERL.Config(model="m", task="t", minibatch="responses", updates_per_step=1, loss_norm="response")
-    assert TRACERL.Config.model_validate(old.model_dump(mode="json")) == old  # round-trips (recipes, resume)
+        DiPO.Config(model="m", task="t", minibatch="round_rows")
+    assert TraceRL.Config(model="m", task="t", loss_norm="gen_len").loss_norm == "response"  # old name
+    old = TraceRL.Config(model="m", task="t", minibatch="responses", updates_per_step=1, loss_norm="response")
+    assert TraceRL.Config.model_validate(old.model_dump(mode="json")) == old  # round-trips (recipes, resume)

@@ -17,12 +17,12 @@ import torch
 from dllm_bench.models import load_model
 from dllm_bench.plugins import Doc, Verdict
 from dllm_bench.tasks.base import Task
-from dllm_bench.trainers.dipo import DIPO
+from dllm_bench.trainers.dipo import DiPO
 from dllm_bench.trainers.networks import ValueNet
 from dllm_bench.trainers.objectives import clipped_value_terms, step_gae
 from dllm_bench.trainers.scoring import token_values
 from dllm_bench.trainers.sft import SFT
-from dllm_bench.trainers.tracerl import TRACERL, RLRun, RLStepState
+from dllm_bench.trainers.tracerl import RLRun, RLStepState, TraceRL
 from dllm_bench.trainers.trajectory import Rollout, collate
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
@@ -123,9 +123,9 @@ def test_sft_resume_is_exact(tmp_path, sft_data):
 def test_tracerl_with_value_resume_is_exact(tmp_path, procedure):
     cfg = rl_config("tiny-block-dlm", max_steps=3, save_every=2, micro_batch_size=6, value={"lr": 1e-3},
                     kl_beta=0.01, **procedure)
-    TRACERL(cfg, task=DigitTask()).train(tmp_path / "a")
+    TraceRL(cfg, task=DigitTask()).train(tmp_path / "a")
     _resume_from(tmp_path / "a", tmp_path / "b", 2)
-    res = TRACERL(cfg, task=DigitTask()).train(tmp_path / "b")
+    res = TraceRL(cfg, task=DigitTask()).train(tmp_path / "b")
     x, y = metrics(tmp_path / "a")[2], metrics(tmp_path / "b")[2]
     assert x["optimizer_steps"] > 1 and x["value_optimizer_steps"] == x["optimizer_steps"]
     for k in ("reward_mean", "loss", "grad_norm", "value_loss", "value_grad_norm", "clip_frac", "kl",
@@ -135,7 +135,7 @@ def test_tracerl_with_value_resume_is_exact(tmp_path, procedure):
 
 
 def test_tracerl_raises_mean_reward(tmp_path):
-    res = TRACERL(rl_config("tiny-block-dlm", max_steps=10, seed=0, lr=1e-2), task=DigitTask()).train(tmp_path / "run")
+    res = TraceRL(rl_config("tiny-block-dlm", max_steps=10, seed=0, lr=1e-2), task=DigitTask()).train(tmp_path / "run")
     r = [m["reward_mean"] for m in metrics(tmp_path / "run")]
     assert sum(r[-3:]) / 3 > sum(r[:3]) / 3 + 0.1, r
     assert load_model(str(res.final_dir)).training["trainer"] == "tracerl"
@@ -145,7 +145,7 @@ def test_dipo_stays_strictly_on_policy(tmp_path):
     """One optimizer step per rollout batch over all its round rows: the ratio is exactly 1
     and nothing is clipped, every RL step (DiRL DiPO)."""
     cfg = rl_config("tiny-block-dlm", max_steps=2, lr=1e-2, group_filter="nonzero_std", kl_beta=0.1)
-    DIPO(cfg, task=DigitTask()).train(tmp_path / "run")
+    DiPO(cfg, task=DigitTask()).train(tmp_path / "run")
     ms = metrics(tmp_path / "run")
     for m in ms:
         assert m["kept_frac"] > 0 and m["optimizer_steps"] == 1
@@ -161,8 +161,8 @@ def test_tracerl_published_procedure_acts_off_policy(tmp_path):
     not: the ratio moves away from 1, the clip fires and the KL to π_old is positive; the
     former single update (minibatch: responses) never leaves ratio 1."""
     kw = dict(max_steps=1, lr=1e-2, kl_beta=0.01, seed=0)
-    TRACERL(rl_config("tiny-block-dlm", rows_per_update=16, **kw), task=DigitTask()).train(tmp_path / "new")
-    TRACERL(rl_config("tiny-block-dlm", minibatch="responses", loss_norm="response", **kw),
+    TraceRL(rl_config("tiny-block-dlm", rows_per_update=16, **kw), task=DigitTask()).train(tmp_path / "new")
+    TraceRL(rl_config("tiny-block-dlm", minibatch="responses", loss_norm="response", **kw),
             task=DigitTask()).train(tmp_path / "old")
     new, old = metrics(tmp_path / "new")[0], metrics(tmp_path / "old")[0]
     assert new["optimizer_steps"] == new["round_rows"] // 16 >= 3
@@ -209,7 +209,7 @@ def test_optimizer_steps_per_rl_step_follow_the_config(tmp_path, partial):
     rebuilds AdamW every RL step in train/rl_trado.py at 10b4fd1)."""
     cfg = rl_config("tiny-block-dlm", max_steps=2, rows_per_update=20, partial_update=partial, micro_batch_size=12,
                     save_every=1)
-    TRACERL(cfg, task=DigitTask()).train(tmp_path / "run")
+    TraceRL(cfg, task=DigitTask()).train(tmp_path / "run")
     ms = metrics(tmp_path / "run")
     rnd = (lambda n: n // 20) if partial == "drop" else (lambda n: -(-n // 20))
     for m in ms:
@@ -387,7 +387,7 @@ def test_update_sequence_matches_rl_trado_procedure(tmp_path):
     adv_seq = torch.tensor([1.0, -0.5, 0.8, -1.2, 0.3, -0.4], dtype=torch.float64)
     want = _reference_update(ref, trajs, batch, adv_seq, L1, gas, {**cfg, "clip_low": 0.2, "clip_high": 0.2})
 
-    tr = TRACERL(cfg)
+    tr = TraceRL(cfg)
     assert (tr.config.minibatch, tr.config.partial_update, tr.config.shuffle, tr.config.loss_norm) == \
         ("round_rows", "drop", False, "round_row")                    # the published defaults
     eng = Engine(tr.config, tmp_path / "run", "tracerl")

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from dllm_bench.errors import BadInputError
 
 from .rl_config import RLConfig
-from .tracerl import TRACERL
+from .tracerl import TraceRL
 
 if TYPE_CHECKING:
     from dllm_bench.models import ModelAdapter
@@ -49,10 +49,10 @@ class BlockAdaptConfig(RLConfig):
         return self
 
 
-class BLOCK_ADAPT(TRACERL):
+class BlockAdapt(TraceRL):
     """Block-size adaptation trainer (plugin ``block-adapt``).
 
-    Differs from :class:`.tracerl.TRACERL` by its block sizes: :meth:`rollout_block_size`
+    Differs from :class:`.tracerl.TraceRL` by its block sizes: :meth:`rollout_block_size`
     (B_r, B_t after ``switch_step``) and :meth:`train_block_size` (B_t); the sampler's
     ``denoising_steps`` and the final sidecar's block size follow from them."""
 

@@ -32,7 +32,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from .rl_config import RLConfig
-from .tracerl import TRACERL
+from .tracerl import TraceRL
 
 
 class DiPOConfig(RLConfig):
@@ -67,10 +67,10 @@ class DiPOConfig(RLConfig):
         return self
 
 
-class DIPO(TRACERL):
-    """DiPO trainer (plugin ``dipo``). ``DIPO(config).train(run_dir) -> TrainResult``.
+class DiPO(TraceRL):
+    """DiPO trainer (plugin ``dipo``). ``DiPO(config).train(run_dir) -> TrainResult``.
 
-    Differs from :class:`.tracerl.TRACERL` by its config only (:class:`DiPOConfig`): one
+    Differs from :class:`.tracerl.TraceRL` by its config only (:class:`DiPOConfig`): one
     on-policy optimizer step per rollout batch, KL to the reference, ``row_mean``."""
 
     name: ClassVar[str] = "dipo"

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, model_validator
 
 from .rl_config import RLConfig
-from .tracerl import TRACERL
+from .tracerl import TraceRL
 from .trajectory import Rollout
 
 if TYPE_CHECKING:
@@ -53,10 +53,10 @@ class RandomMaskRLConfig(RLConfig):
         return self
 
 
-class RANDOM_MASK_RL(TRACERL):
+class RandomMaskRL(TraceRL):
     """Random-masking RL baseline (plugin ``random-mask-rl``).
 
-    Differs from :class:`.tracerl.TRACERL` by its training rows: :meth:`training_batch`
+    Differs from :class:`.tracerl.TraceRL` by its training rows: :meth:`training_batch`
     (noised copies instead of the trajectory) and :meth:`round_ids` (one row per copy)."""
 
     name: ClassVar[str] = "random-mask-rl"

@@ -1,10 +1,10 @@
 """``tracerl``: TraceRL — trajectory-aware RL for diffusion LMs (arXiv 2509.06949; Gen-Verse/dLLM-RL
 at 10b4fd1: ``rl.py``, ``train/rl_trado.py``, ``train/train_trado_value.py``, ``configs/rl_trado.yaml``).
 
-This file is the whole algorithm, read top to bottom. One RL step (:meth:`TRACERL.rl_step`)
+This file is the whole algorithm, read top to bottom. One RL step (:meth:`TraceRL.rl_step`)
 runs six phases that hand one :class:`RLStepState` from each to the next:
 
-1. **Rollout** (:meth:`TRACERL.rollout`). ``prompts_per_step`` task documents ×
+1. **Rollout** (:meth:`TraceRL.rollout`). ``prompts_per_step`` task documents ×
    ``samples_per_prompt`` samples are decoded by a sampler plugin with
    ``record_trajectory=True`` from the *current* weights (in process, no checkpoint reload);
    each sample keeps the sampler's token ids and its **step map** (the denoising step at
@@ -12,10 +12,10 @@ runs six phases that hand one :class:`RLStepState` from each to the next:
    re-tokenises the decoded text, so its step map can drift from the tokens). The task's
    own scorer gives the reward (``Task.score_batch`` / ``reward``); a truncated response
    (finish reason ``length``) can be given ``truncated_reward`` (TraceRL: 0).
-2. **Advantages** (:meth:`TRACERL.advantages`). Group z-score within each prompt's
+2. **Advantages** (:meth:`TraceRL.advantages`). Group z-score within each prompt's
    samples; groups are then filtered (``group_filter``; TraceRL keeps 0.2 <= mean reward
    <= 0.8).
-3. **Trajectory → training rows** (:meth:`TRACERL.training_rows`). The kept trajectories
+3. **Trajectory → training rows** (:meth:`TraceRL.training_rows`). The kept trajectories
    are collated (:func:`.trajectory.collate`: shrinkage ``s`` merges ``s`` consecutive
    steps) and every trainable token gets its *round row* (:func:`.trajectory.round_ids`:
    one row = one round of one response, in every block the tokens of the block's r-th
@@ -27,16 +27,16 @@ runs six phases that hand one :class:`RLStepState` from each to the next:
    * full-attention models: one forward per shrunk step (the published default for
      LLaDA/Dream is s = 8);
    * AR models: the trajectory is the token order (plain GRPO with the same objective).
-4. **Value model + GAE** (:meth:`TRACERL.value_step`, only with ``value``). V_old is a
+4. **Value model + GAE** (:meth:`TraceRL.value_step`, only with ``value``). V_old is a
    no-grad pass of the diffusion value model over the rows; step-level GAE (γ, λ) turns the
    sequence advantage into per-token advantages and returns (``train/train_trado_value.py``;
    :func:`.objectives.step_gae`); the value model then takes its optimizer steps on the
    clipped value loss over the same mini-batches as the policy.
-5. **π_old** (:meth:`TRACERL.old_logprobs`). A no-grad pass of the policy over the whole
+5. **π_old** (:meth:`TraceRL.old_logprobs`). A no-grad pass of the policy over the whole
    rollout batch before the first update (``old_logprobs="recompute"``, ``rl_trado.py``
    lines 629-682) or ``log π_θ.detach()`` (``"detach"``, strictly on-policy: ratio exactly
    1, DiPO); with ``kl_anchor="reference"`` also the frozen reference's log-probs.
-6. **Policy update** (:meth:`TRACERL.policy_update`). A sequence of optimizer steps
+6. **Policy update** (:meth:`TraceRL.policy_update`). A sequence of optimizer steps
    (:func:`.batching.update_plan`): ``minibatch="round_rows"`` (TraceRL as published, the
    default) takes the batch's round rows in rollout order and cuts them into mini-batches of
    ``rows_per_update`` = 32 rows, one optimizer step each, one pass (``epochs_per_step`` 1),
@@ -68,7 +68,7 @@ LR schedule persist across RL steps and are checkpointed (not so in dLLM-RL at 1
 ``rl.py`` relaunches ``train/rl_trado.py`` every RL step, which builds a fresh AdamW). See
 docs/tracerl-procedure.md.
 
-**Variants** are small named differences from :class:`TRACERL`: ``dipo`` (:mod:`.dipo`,
+**Variants** are small named differences from :class:`TraceRL`: ``dipo`` (:mod:`.dipo`,
 config only: on-policy, DiRL's normaliser), ``block-adapt`` (:mod:`.block_adapt`: the block
 sizes of rollout and training), ``random-mask-rl`` (:mod:`.random_mask_rl`: the training
 rows are random noised copies instead of the trajectory) and ``value`` (:mod:`.value`: the
@@ -127,7 +127,7 @@ class TraceRLConfig(RLConfig):
 
 @dataclasses.dataclass
 class RLRun:
-    """What stays fixed across the RL steps of one run (built by :meth:`TRACERL.train`)."""
+    """What stays fixed across the RL steps of one run (built by :meth:`TraceRL.train`)."""
 
     engine: Engine
     adapter: ModelAdapter
@@ -151,7 +151,7 @@ class RLRun:
 
 @dataclasses.dataclass
 class RLStepState:
-    """What one RL step passes from phase to phase (:meth:`TRACERL.rl_step`)."""
+    """What one RL step passes from phase to phase (:meth:`TraceRL.rl_step`)."""
 
     step: int
     g: torch.Generator
@@ -192,8 +192,8 @@ class RLStepState:
         return self.metrics
 
 
-class TRACERL(Trainer):
-    """TraceRL trainer (plugin ``tracerl``). ``TRACERL(config).train(run_dir) -> TrainResult``.
+class TraceRL(Trainer):
+    """TraceRL trainer (plugin ``tracerl``). ``TraceRL(config).train(run_dir) -> TrainResult``.
 
     Variants subclass it and override the methods under "variant hooks"."""
 

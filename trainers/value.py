@@ -29,7 +29,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from .rl_config import RolloutConfig, ValueOptions
-from .tracerl import TRACERL
+from .tracerl import TraceRL
 
 
 class ValueConfig(RolloutConfig):
@@ -40,10 +40,10 @@ class ValueConfig(RolloutConfig):
                                                                           "LR, γ, λ, clip. Unit: none.")
 
 
-class VALUE(TRACERL):
+class Value(TraceRL):
     """Value-model trainer (plugin ``value``).
 
-    Differs from :class:`.tracerl.TRACERL` by ``train_policy = False``: the rollout policy
+    Differs from :class:`.tracerl.TraceRL` by ``train_policy = False``: the rollout policy
     stays frozen and only the value model trains (phase 4 of the RL step)."""
 
     name: ClassVar[str] = "value"
