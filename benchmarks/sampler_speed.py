@@ -15,7 +15,7 @@ block, the JetEngine way) and ``none`` (recompute prompt + decoded blocks every 
 and reports per
 configuration: NFE per sequence (model forward calls), denoise steps, tokens per forward,
 wall seconds, tokens/s; and side by side the ratios cached / uncached (tokens/s) and
-dynamic / static. Target (issue 5): cached >= 5x uncached at gen 512.
+dynamic / static. Target: cached >= 5x uncached at gen 512.
 
 Measurement notes:
 

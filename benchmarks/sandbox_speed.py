@@ -5,7 +5,7 @@ Each execution is one full scoring call of the ``humaneval`` task (build the tes
 run it in the sandbox with a fresh success marker, parse the per-test lines). The Docker
 pool is warmed first, so the figure is bound by ``exec``, not container start.
 
-Targets (issue 4, on 2 cores): process >= 25/s, docker (warm pool) >= 15/s. Wall rates
+Targets (on 2 cores): process >= 25/s, docker (warm pool) >= 15/s. Wall rates
 depend on what else the machine runs (``loadavg_*``), so the CPU seconds per execution are
 reported too (root only: this process joins its own cpuacct cgroup, which counts every
 sandbox it starts; for docker the engine processes and the pool containers' cgroups are

@@ -17,7 +17,7 @@ the scoring call), ``cpu_s`` (CPU seconds of the process and its scoring workers
 The load average at the start and end is recorded: on a shared machine wall time inflates,
 while the in-process ``cpu_s`` stays an upper bound for the wall time on an idle machine.
 
-Target (issue 3): all 500 MATH-500 predictions in under 5 s on 2 cores.
+Target: all 500 MATH-500 predictions in under 5 s on 2 cores.
 
 Usage: ``python benchmarks/score_speed.py [--out FILE] [--workers N]``
 """

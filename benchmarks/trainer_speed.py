@@ -21,7 +21,7 @@ DiRL Table 1 reports for trained models at τ = 0.9, B = 4). Cost depends on the
 structure only, not on token values, so response tokens are random ids without EOS (a
 random-init model's rollouts would stop at random EOS tokens). Timing: median of
 ``--repeats`` after one untimed warm-up; each timed step is forward + backward (gradients
-zeroed in between). Target (issue 6): packed >= 3x faster than per-step at B = 4, 256
+zeroed in between). Target: packed >= 3x faster than per-step at B = 4, 256
 response tokens.
 
 **SFT samples/s**: the real ``sft`` trainer for ``--sft-steps`` optimizer steps on
