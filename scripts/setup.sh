@@ -68,6 +68,9 @@ if [[ $MODE == lock ]]; then
     "${PIP[@]}" "torch==$KEEP_TORCH" >&2
   fi
   log "installing dllm-bench (editable, --no-deps)"
+  # a *.egg-info left in the checkout by a legacy build would shadow the installed entry
+  # points for anything run from here (python -m dllm_bench): stale plugin classes
+  rm -rf ./*.egg-info
   "${PIP[@]}" --no-deps --no-build-isolation -e . >&2
 else
   EXTRAS="deepspeed,triton,lmeval"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,8 +35,13 @@ def test_packages_list_matches_folders():
 
 
 def test_wheel_contains_every_package_and_data(tmp_path: Path):
+    # built from a copy of the sources: a legacy build writes dllm_bench.egg-info into the tree,
+    # whose entry points would then shadow the installed ones for anything run from the checkout
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "runs",
+                                                             "__pycache__", ".ruff_cache"))
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=600)
+                          "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     wheel = next(tmp_path.glob("dllm_bench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
