@@ -220,7 +220,9 @@ class DockerConfig(BaseModel):
 
 
 IDLE_PIDS = 2
-"""Tasks in an idle sandbox container: docker-init (pid 1) and ``sleep infinity``."""
+"""Tasks in an idle sandbox container: docker-init (pid 1) and ``sleep infinity``, by
+construction. (Counted right after start, the number can still include the runtime's own
+transient task on a loaded machine, which would let a leftover process pass as idle.)"""
 
 
 class _ContainerGone(Exception):
@@ -228,12 +230,11 @@ class _ContainerGone(Exception):
 
 
 class _Container:
-    __slots__ = ("id", "pids_file", "baseline_pids", "oom_file", "oom_count", "runs")
+    __slots__ = ("id", "pids_file", "oom_file", "oom_count", "runs")
 
     def __init__(self, cid: str):
         self.id = cid
         self.pids_file: str | None = None
-        self.baseline_pids = 0
         self.oom_file: str | None = None
         self.oom_count = 0
         self.runs = 0
@@ -472,10 +473,6 @@ class DockerSandbox(Sandbox):
         c.oom_file = (_cgroup_file(ctr.id, "memory", "memory.oom_control")
                       or _cgroup_file(ctr.id, "memory", "memory.events"))
         c.oom_count = _read_int(c.oom_file, "oom_kill") or 0
-        # an idle container is docker-init + `sleep infinity`: 2 tasks by construction. Measured
-        # right after start, the count can still include the runtime's own transient task on a
-        # loaded machine, which would let a leftover process pass as idle.
-        c.baseline_pids = IDLE_PIDS
         return c
 
     def _pids(self, c: _Container) -> int | None:
@@ -541,10 +538,10 @@ class DockerSandbox(Sandbox):
                 oom, c.oom_count = n > c.oom_count, n
                 healthy = not oom
             pids = self._pids(c)
-            if pids is None or pids > c.baseline_pids:  # something was left running: replace
+            if pids is None or pids > IDLE_PIDS:  # something was left running: replace
                 time.sleep(0.01)
                 pids = self._pids(c)
-                healthy = healthy and pids is not None and pids <= c.baseline_pids
+                healthy = healthy and pids is not None and pids <= IDLE_PIDS
         out = classify(exit_code=rc, stdout=cap.stdout(), stderr=cap.stderr(), wall_s=wall, marker=marker,
                        killed=killed, truncated=cap.exceeded, oom_killed=oom)
         return out, healthy
