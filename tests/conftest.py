@@ -64,6 +64,17 @@ def ci_run(tmp_path_factory):
     return out, p, time.time() - t0
 
 
+def assert_same_tree(committed: Path, fresh: Path, regenerate: str) -> None:
+    """Generated files committed under ``committed`` are byte for byte what a fresh run of their
+    generator wrote under ``fresh`` (same file set, same bytes); ``regenerate`` is the command
+    named in the failure."""
+    names = sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    new = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    assert names == new, f"run: {regenerate}"
+    for rel in names:
+        assert (committed / rel).read_bytes() == (fresh / rel).read_bytes(), (rel, f"run: {regenerate}")
+
+
 def open_sandbox_or_skip(backend: str):
     """A real sandbox backend (the Docker image is built on first use), or skip with the reason."""
     from dllm_bench.sandboxes.cli import try_open

@@ -25,7 +25,7 @@ from dllm_bench.gate import compare
 from dllm_bench.leaderboard import LEADERBOARD_FORMAT, Section, build, leaderboard_data, markdown_table, table_columns
 from dllm_bench.schema import sha256_file
 
-from .conftest import REPO
+from .conftest import REPO, assert_same_tree
 from .make_fixture_entries import GSM8K
 from .make_fixture_entries import build as build_fixtures
 
@@ -61,11 +61,7 @@ def test_fixtures_are_current(tmp_path):
     if not GSM8K.is_file():
         pytest.skip(f"{GSM8K} absent: cannot regenerate the fixture entries")
     build_fixtures(tmp_path)
-    committed = sorted(p.relative_to(FIX) for p in FIX.rglob("*") if p.is_file())
-    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert committed == fresh, "run: .venv/bin/python tests/make_fixture_entries.py"
-    for rel in committed:
-        assert (FIX / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+    assert_same_tree(FIX, tmp_path, ".venv/bin/python tests/make_fixture_entries.py")
 
 
 def test_rows_are_systems_and_columns_share_a_protocol(data):

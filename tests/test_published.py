@@ -4,7 +4,6 @@ with the committed data files and constructed measured results."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -22,9 +21,10 @@ from dllm_bench.published import (
     to_markdown,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import REPO, assert_same_tree
+
 PUB = REPO / "leaderboards" / "published"
-TraceRL, DIRL = "2509.06949", "2512.22234"
+TRACERL, DIRL = "2509.06949", "2512.22234"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def _one(figs, arxiv, hub, task, mode):
 
 def test_files_hold_every_cell(figs):
     # TraceRL Table 2: 15 rows (2 AR, 13 dLLM model x mode) x 5 tasks, Dream's two AIME2024 cells are "-"
-    assert sum(f.source.arxiv_id == TraceRL for f in figs) == 15 * 5 - 2
+    assert sum(f.source.arxiv_id == TRACERL for f in figs) == 15 * 5 - 2
     # DiRL Table 1: 8 rows x (5 tasks + Avg)
     assert sum(f.source.arxiv_id == DIRL for f in figs) == 8 * 6
     assert all(f.model.hub_id and f.metric == "accuracy" and 0 <= f.value <= 1 for f in figs)
@@ -49,10 +49,10 @@ def test_files_hold_every_cell(figs):
 
 
 def test_cells_as_printed(figs):
-    f = _one(figs, TraceRL, "Gen-Verse/TraDo-8B-Instruct", "math500", "static")
+    f = _one(figs, TRACERL, "Gen-Verse/TraDo-8B-Instruct", "math500", "static")
     assert f.value_percent == 78.5 and f.value == pytest.approx(0.785) and f.source.table == "Table 2"
     assert f.settings.repo_defaults and f.settings.samples_per_problem == 3 and f.settings.top_k == 1
-    f = _one(figs, TraceRL, "Gen-Verse/TraDo-8B-Thinking", "livebench", "dynamic")
+    f = _one(figs, TRACERL, "Gen-Verse/TraDo-8B-Thinking", "livebench", "dynamic")
     assert f.value_percent == 36.0 and f.settings.confidence_threshold == 0.9
     assert f.settings.samples_per_problem == "not stated"
     f = _one(figs, DIRL, "OpenMOSS-Team/DiRL-8B-Instruct", "math500", "dynamic")
@@ -119,8 +119,8 @@ def _trado_dynamic(**kw):
 def test_reproduction_rows_one_per_source(figs):
     rows = reproduction_rows([_trado_dynamic()], figs)
     by = {r.arxiv_id: r for r in rows}
-    assert len(rows) == 2 and set(by) == {TraceRL, DIRL}
-    t, d = by[TraceRL], by[DIRL]
+    assert len(rows) == 2 and set(by) == {TRACERL, DIRL}
+    t, d = by[TRACERL], by[DIRL]
     assert t.published == pytest.approx(0.755) and d.published == pytest.approx(0.756)
     assert t.delta == pytest.approx(0.75 - 0.755) and d.delta == pytest.approx(0.75 - 0.756)
     assert t.within_2se is True and d.within_2se is True  # |Δ| <= 0.02
@@ -143,7 +143,7 @@ def test_matching_needs_model_task_and_mode(figs):
                                                                "max_new_tokens": 2000})], figs)
     assert sorted(r.published for r in static) == pytest.approx([0.767, 0.785])
     assert all(r.mode == "static" for r in static)
-    assert next(r for r in static if r.arxiv_id == TraceRL).mismatches == []
+    assert next(r for r in static if r.arxiv_id == TRACERL).mismatches == []
     assert reproduction_rows([_trado_dynamic(task="gsm8k_calc")], figs) == []
     assert reproduction_rows([_trado_dynamic(model_id="Gen-Verse/TraDo-4B-Instruct-x")], figs) == []
     assert reproduction_rows([_trado_dynamic(sampler="mystery")], figs) == []
@@ -189,11 +189,7 @@ def test_example_entries_are_current(tmp_path):
     from .make_published_examples import build
 
     build(tmp_path)
-    committed = sorted(p.relative_to(EXAMPLES) for p in EXAMPLES.rglob("*") if p.is_file())
-    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert committed == fresh, "run: .venv/bin/python -m tests.make_published_examples"
-    for rel in committed:
-        assert (EXAMPLES / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+    assert_same_tree(EXAMPLES, tmp_path, ".venv/bin/python -m tests.make_published_examples")
 
 
 def test_reproduction_view_of_example_entries(figs):
@@ -206,15 +202,15 @@ def test_reproduction_view_of_example_entries(figs):
     assert all(e.verified for e in entries)
     rows = reproduction_rows([measured_from_entry(e) for e in entries], figs)
     by = {(r.system, r.arxiv_id): r for r in rows}
-    static = by[("TraDo-4B-Instruct · static (synthetic)", TraceRL)]
+    static = by[("TraDo-4B-Instruct · static (synthetic)", TRACERL)]
     assert static.published == pytest.approx(0.912) and static.measured == pytest.approx(0.9)  # 108 of 120
     assert static.delta == pytest.approx(0.9 - 0.912) and static.within_2se
     assert static.mismatches == ["documents evaluated: published the whole test set, measured 40 of 1319"]
-    low = by[("TraDo-4B-Instruct · dynamic 0.5 (synthetic)", TraceRL)]
+    low = by[("TraDo-4B-Instruct · dynamic 0.5 (synthetic)", TRACERL)]
     assert low.published == pytest.approx(0.903) and not low.within_2se
     assert "threshold: published 0.9 (repo default), measured 0.5" in low.mismatches
     # the AR baseline has a counterpart in both papers
-    assert {a for s, a in by if s == "Qwen2.5-7B-Instruct (synthetic)"} == {TraceRL, DIRL}
+    assert {a for s, a in by if s == "Qwen2.5-7B-Instruct (synthetic)"} == {TRACERL, DIRL}
 
 
 def test_aup_of_the_example_threshold_sweep():
