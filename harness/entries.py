@@ -228,8 +228,6 @@ def _close(x: float, y: float) -> bool:
 
 
 def _recompute_metrics(entry: Entry, recs: list[SampleRecord]) -> dict[str, dict[str, Any]]:
-    from .plugins import Verdict
-
     task = entry.protocol.task.name
     if task.startswith("lm-eval:"):
         out = {}
@@ -241,14 +239,26 @@ def _recompute_metrics(entry: Entry, recs: list[SampleRecord]) -> dict[str, dict
         return out
     from . import registry
 
+    return record_metrics(registry.create("tasks", task, {}, source="entry"), recs)
+
+
+def record_metrics(task: Any, records: Iterable[SampleRecord]) -> dict[str, dict[str, Any]]:
+    """A task's metrics from per-sample records: the records grouped by document in sample
+    order, as :class:`~dllm_bench.plugins.Verdict` lists, through the task's ``aggregate``
+    (what an entry stores, and what verification recomputes). Empty when there are no records.
+
+    Returns:
+        ``{metric: {"value", "stderr", "n", ...}}`` (valid :class:`~dllm_bench.schema.Metric`).
+    """
+    from .plugins import Verdict
+
     by_doc: dict[str, list[SampleRecord]] = {}
-    for r in recs:
+    for r in records:
         by_doc.setdefault(r.doc_id, []).append(r)
     verdicts = {d: [Verdict(r.correct, r.score, r.extracted, r.details)
                     for r in sorted(rs, key=lambda r: r.sample_index)]
                 for d, rs in by_doc.items()}
-    obj = registry.create("tasks", task, {}, source="entry")
-    return obj.aggregate(verdicts) if verdicts else {}
+    return task.aggregate(verdicts) if verdicts else {}
 
 
 def verified(entries: list[LoadedEntry], *, allow_unverified: bool = False,

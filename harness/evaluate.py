@@ -241,14 +241,9 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
         records = [r for r in store if (r.doc_id, r.sample_index) in wanted]
     task_obj.close()
 
-    from .plugins import Verdict
+    from .entries import record_metrics
 
-    by_doc: dict[str, list[SampleRecord]] = {}
-    for r in records:
-        by_doc.setdefault(r.doc_id, []).append(r)
-    verdicts = {doc_id: [Verdict(r.correct, r.score, r.extracted, r.details)
-                         for r in sorted(rs, key=lambda r: r.sample_index)] for doc_id, rs in by_doc.items()}
-    metrics = {k: Metric(**v) for k, v in task_obj.aggregate(verdicts).items()} if verdicts else {}
+    metrics = {k: Metric(**v) for k, v in record_metrics(task_obj, records).items()}
     entry = write_entry(out, protocol=protocol, system=system, model=minfo, seeds=seeds, metrics=metrics,
                         costs=[r.cost for r in records], device=adapter.device, n_expected=len(items),
                         n_done=len(records), n_failed=n_failed, errors=errors, label=label, reference=reference,
