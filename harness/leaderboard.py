@@ -640,6 +640,20 @@ def aup_section(entries: Sequence[LoadedEntry]) -> Section | None:
                    html=html_body, data=data)
 
 
+def svg_text(fig: Any) -> str:
+    """A matplotlib figure as an inline ``<svg>`` element: constrained layout, text kept as
+    text, a fixed hash salt and no date, so the same data gives the same bytes (the
+    committed plots are compared in tests); the XML prolog / doctype is dropped."""
+    import matplotlib
+
+    fig.set_layout_engine("constrained")
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "dllm-bench"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
+
+
 def _aup_svg(task: str, named: dict[str, list], scores: dict[str, float]) -> str:
     """Inline SVG: accuracy (%) vs tokens per forward, one named line per system curve, the
     legend (with each curve's AUP) below the axes."""
@@ -658,12 +672,7 @@ def _aup_svg(task: str, named: dict[str, list], scores: dict[str, float]) -> str
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{task}: accuracy vs parallelism", fontsize=10)
-    fig.set_layout_engine("constrained")
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "dllm-bench"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg_text(fig)
 
 
 # ------------------------------------------------------------------------ outputs
@@ -778,12 +787,7 @@ def plot_svg(t: dict[str, Any], task: str) -> str:
         fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{task}: {metric} vs tokens per forward and NFE per sample (bars: ± stderr; squares: AR baselines)",
                  fontsize=10)
-    fig.set_layout_engine("constrained")
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "dllm-bench"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]  # drop the XML prolog / doctype for inlining
+    return svg_text(fig)
 
 
 _CSS = """
