@@ -157,8 +157,8 @@ PARALLELISM_KNOBS = ("confidence_threshold", "denoising_steps")
 
 def curve_points(entries: Iterable,
                  metric: str = "accuracy") -> dict[tuple[str, str], list[tuple[float, float, object]]]:
-    """Accuracy-vs-parallelism curves from entries (:class:`dllm_bench.schema.Entry` or
-    objects with an ``entry`` attribute, e.g. ``entries.LoadedEntry``).
+    """Accuracy-vs-parallelism curves from entries (anything
+    :func:`dllm_bench.entries.as_loaded` accepts: an Entry, a LoadedEntry, a path).
 
     Entries under one protocol whose systems differ only in :data:`PARALLELISM_KNOBS` (a
     threshold sweep, a denoising-steps sweep) *and* that evaluated the same weights with the
@@ -173,11 +173,12 @@ def curve_points(entries: Iterable,
         points sorted by tokens per forward; the curve id is the sha256 prefix of the system
         key without the parallelism knobs.
     """
+    from .entries import as_loaded
     from .schema import canonical_json, sha256_text
 
     out: dict[tuple[str, str], list[tuple[float, float, object]]] = {}
     for item in entries:
-        e = getattr(item, "entry", item)
+        e = as_loaded(item).entry
         m = e.metrics.get(metric)
         if m is None or not e.cost.tokens_per_forward or not math.isfinite(m.value):
             continue
@@ -187,7 +188,7 @@ def curve_points(entries: Iterable,
         model["training"] = {k: v for k, v in (model.get("training") or {}).items() if k != "reference"}
         cid = sha256_text(canonical_json({"system": sysd, "model": model, "seeds": e.repro.seeds}))[:12]
         pts = out.setdefault((e.protocol_digest, cid), [])
-        if all(getattr(p[2], "entry", p[2]).system_digest != e.system_digest for p in pts):
+        if all(as_loaded(p[2]).entry.system_digest != e.system_digest for p in pts):
             pts.append((float(e.cost.tokens_per_forward), m.value, item))
     for pts in out.values():
         pts.sort(key=lambda t: t[0])

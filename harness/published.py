@@ -338,7 +338,9 @@ def measured_from_entry(entry: Any, *, name: str | None = None, metric: str = "a
 
     ``system`` is ``name`` (a table's row name), else the entry's label, else the model id.
     """
-    e = getattr(entry, "entry", entry)
+    from .entries import as_loaded
+
+    e = as_loaded(entry).entry
     m = e.metrics.get(metric)
     if m is None:
         return None
