@@ -330,11 +330,10 @@ class Measured:
     documents: tuple[int, int] | None = None
 
 
-
 def measured_from_entry(entry: Any, *, name: str | None = None, metric: str = "accuracy") -> Measured | None:
-    """The :class:`Measured` view of a leaderboard entry (:class:`dllm_bench.schema.Entry`,
-    or an object with an ``entry`` attribute such as ``entries.LoadedEntry``); None when the
-    entry has no ``metric``.
+    """The :class:`Measured` view of a leaderboard entry (anything
+    :func:`dllm_bench.entries.as_loaded` accepts: an Entry, a LoadedEntry, a path); None when
+    the entry has no ``metric``.
 
     ``system`` is ``name`` (a table's row name), else the entry's label, else the model id.
     """
