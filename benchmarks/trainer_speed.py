@@ -149,7 +149,7 @@ def _lp_fn(net, batch, device, mask_id):
 
     def fn(inp):
         tgt = batch.response_ids[inp.rows[:, None], inp.cols.clamp_min(0)]
-        logits = net(inp.input_ids.to(device), inp.attention_mask.to(device), inp.position_ids.to(device),
+        logits = net(inp.input_ids.to(device), inp.layout.to(device), inp.position_ids.to(device),
                      inp.gather_index.to(device))
         logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
         return torch.log_softmax(logits, -1).gather(-1, tgt.to(device)[..., None]).squeeze(-1)

@@ -28,20 +28,17 @@ Layout of one batch (b sequences)::
 * ``block id`` of sequence position j (0-based, pads included) is ``j // B``.
 * Pads are never attended to as keys; position ids skip them (the first real prompt
   token has position 0), so a sequence's logits do not depend on how much it was padded.
-* A query at position q may attend key k iff ``k`` is real and ``k // B <= q // B``
-  (block-causal: bidirectional inside the block, causal across blocks).
+* Who attends to whom (block-causal: bidirectional inside the block, causal across blocks;
+  the training layouts with masked copies; the pad rule) is defined once, by
+  :class:`dllm_bench.models.layout.AttentionLayout`; with the left padding above it is
+  ``AttentionLayout(block_size=B, kv_start=<left pads>)``.
 
 Training layout (packed TraceRL / block SFT; the "[prompt ; clean ; masked copy]" rows of
-dLLM-RL ``train/rl_trado.py`` at 10b4fd1)::
+dLLM-RL ``train/rl_trado.py`` at 10b4fd1; :meth:`AttentionLayout.staircase`)::
 
     [ prompt (P) ; clean response x0 (L) ; masked copy xt (L) ]   length P + 2L
 
-* prompt and clean rows: block-causal as above over [prompt ; clean];
-* a masked-copy token in response block r sees the prompt, clean response blocks < r,
-  and its own masked block r (bidirectionally) — never its own or later clean blocks;
-* the masked copy reuses the response position ids.
-
-All masks here are boolean, ``True`` = may attend, shape ``[batch, 1, q_len, k_len]``.
+the masked copy reusing the response position ids.
 """
 
 from __future__ import annotations
@@ -140,69 +137,3 @@ def response_position_ids(prompt_lens: Sequence[int], gen_len: int,
     """``[b, gen_len]`` position ids of the response: prompt_len_i + (0..gen_len-1)."""
     base = torch.as_tensor(list(prompt_lens), dtype=torch.long).unsqueeze(1)
     return (base + torch.arange(gen_len).unsqueeze(0)).to(device)
-
-
-def block_causal_mask(key_valid: torch.Tensor, block_size: int, q_start: int = 0,
-                      q_len: int | None = None) -> torch.Tensor:
-    """Block-causal mask over a sequence whose block 0 starts at position 0.
-
-    Args:
-        key_valid: ``[b, K]`` bool, True for real (non-pad) key positions 0..K-1.
-        block_size: B.
-        q_start: sequence position of the first query (queries are q_start..q_start+q_len-1).
-        q_len: number of queries (default K - q_start).
-
-    Returns:
-        ``[b, 1, q_len, K]`` bool. Every query row also sees itself, so a pad query row is
-        never fully masked (its output is ignored).
-    """
-    b, K = key_valid.shape
-    q_len = K - q_start if q_len is None else q_len
-    dev = key_valid.device
-    qpos = torch.arange(q_start, q_start + q_len, device=dev)
-    kpos = torch.arange(K, device=dev)
-    allowed = (kpos[None, :] // block_size) <= (qpos[:, None] // block_size)  # [q, K]
-    mask = allowed[None] & key_valid[:, None, :]
-    mask |= (kpos[None, None, :] == qpos[None, :, None])
-    return mask[:, None]
-
-
-def staircase_mask(prompt_valid: torch.Tensor, gen_len: int, block_size: int) -> torch.Tensor:
-    """Training mask over ``[prompt (P) ; clean (L) ; masked copy (L)]``.
-
-    Args:
-        prompt_valid: ``[b, P]`` bool (P a multiple of B; see :func:`left_pad_prompts`).
-        gen_len: L, a multiple of B.
-        block_size: B.
-
-    Returns:
-        ``[b, 1, P + 2L, P + 2L]`` bool.
-
-    Raises:
-        ValueError: P or L not a multiple of B.
-    """
-    b, P = prompt_valid.shape
-    L, B = gen_len, block_size
-    if P % B or L % B:
-        raise ValueError(f"prompt length {P} and gen length {L} must be multiples of block size {B}")
-    dev = prompt_valid.device
-    T = P + 2 * L
-    idx = torch.arange(T, device=dev)
-    is_masked = idx >= P + L
-    # block id in the [prompt ; response] numbering; the masked copy maps onto the response blocks
-    blk = torch.where(is_masked, (idx - L) // B, idx // B)
-    q_blk, k_blk = blk[:, None], blk[None, :]
-    q_m, k_m = is_masked[:, None], is_masked[None, :]
-    clean_rows = (~q_m) & (~k_m) & (k_blk <= q_blk)
-    masked_rows = q_m & (((~k_m) & (k_blk < q_blk)) | (k_m & (k_blk == q_blk)))
-    allowed = clean_rows | masked_rows  # [T, T]
-    key_valid = torch.cat([prompt_valid, torch.ones(b, 2 * L, dtype=torch.bool, device=dev)], dim=1)
-    mask = allowed[None] & key_valid[:, None, :]
-    mask |= torch.eye(T, dtype=torch.bool, device=dev)[None]
-    return mask[:, None]
-
-
-def to_additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Boolean mask -> additive float mask (0 where allowed, dtype min elsewhere)."""
-    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    return out.masked_fill(~mask, torch.finfo(dtype).min)

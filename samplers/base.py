@@ -89,7 +89,7 @@ class SamplingConfig(StrictModel):
     stop: list[str] = Field(default_factory=list, description="Stop strings: generation of a sequence ends "
                             "after the block (or token) that completes one; the text is cut before it")
     attention_backend: str = Field("sdpa", description="Attention implementation: sdpa (default), eager, "
-                                   "triton or flex (dllm_bench.samplers.attention)")
+                                   "triton or flex (dllm_bench.models.attention)")
 
 
 class DiffusionConfig(SamplingConfig):

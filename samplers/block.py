@@ -21,7 +21,8 @@ Decoding (dLLM-RL ``generate.py::block_diffusion_generate`` and JetEngine
    in fewer than S steps. With the prompt's tail in the first block fewer positions are
    masked there and the block finishes in fewer steps.
 3. Attention is block-causal: a token sees every earlier block and its own block
-   bidirectionally.
+   bidirectionally (one :class:`dllm_bench.models.layout.AttentionLayout` per forward; the
+   model adapter derives what the attention backend reads).
 
 **Exact KV cache** (``cache_mode="exact"``, default): every forward runs only the current
 block's B tokens against the cached prefix, *reading* the cache without writing it (the
@@ -78,7 +79,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from dllm_bench.blocks import block_causal_mask
+from dllm_bench.models.layout import AttentionLayout
 
 from .base import (
     DiffusionBatch,
@@ -167,19 +168,14 @@ class _BlockSampler(SamplerBase):
         cached = cfg.cache_mode == "exact"
         fuse = cached and cfg.fuse_commit and not cfg.skip_commit_forward
 
-        def spec():
-            if not model.needs_block_spec:
-                return None
-            from dllm_bench.samplers.attention import BlockAttentionSpec
-
-            return BlockAttentionSpec(block_size=B, kv_start=st.kv_start)
+        def layout() -> AttentionLayout:
+            """Block-causal over the batch's current rows; the queries are the last key columns."""
+            return AttentionLayout(block_size=B, kv_start=st.kv_start)
 
         def write(start: int, end: int) -> None:
             """A forward over columns [start, end) that only writes their K/V (prefill / commit)."""
             st.cache.window(start)
-            model.forward(st.x[:, start:end], block_causal_mask(st.valid[:, :end], B, q_start=start,
-                                                                 q_len=end - start),
-                          st.pos[:, start:end], st.cache, logits_to_keep=1, block_attention=spec())
+            model.forward(st.x[:, start:end], layout(), st.pos[:, start:end], st.cache, logits_to_keep=1)
             st.book.forward(st.rows)  # writes K/V only: denoises nobody
             st.cache.commit(end)
 
@@ -202,15 +198,12 @@ class _BlockSampler(SamplerBase):
                     # that the next forward overwrites, so the committed prefix [0, s) is only read.
                     w = s if pending is None else pending
                     st.cache.window(w)
-                    logits = model.forward(st.x[:, w:e], block_causal_mask(st.valid[:, :e], B, q_start=w,
-                                                                           q_len=e - w),
-                                           st.pos[:, w:e], st.cache, logits_to_keep=B, block_attention=spec())
+                    logits = model.forward(st.x[:, w:e], layout(), st.pos[:, w:e], st.cache, logits_to_keep=B)
                     if pending is not None:
                         st.cache.commit(s)
                         pending = None
                 else:
-                    logits = model.forward(st.x[:, :e], block_causal_mask(st.valid[:, :e], B), st.pos[:, :e],
-                                           logits_to_keep=B, block_attention=spec())
+                    logits = model.forward(st.x[:, :e], layout(), st.pos[:, :e], logits_to_keep=B)
                 st.book.forward(st.rows, active)
                 st.denoise(logits, s, e, quota, k, threshold, masked, active, threshold_rule=cfg.threshold_rule)
             if not st.end_block(k):  # retires finished rows (and drops them from the cache)

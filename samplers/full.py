@@ -68,6 +68,7 @@ import torch
 from pydantic import Field
 
 from dllm_bench.errors import BadInputError
+from dllm_bench.models.layout import AttentionLayout
 
 from .base import (
     DiffusionBatch,
@@ -101,14 +102,10 @@ class FullDiffusionConfig(DiffusionConfig):
         "dLLM-RL sample/dream_sample.py l. 202); None = on for AR-adapted models whose logits are shifted (Dream)")
 
 
-def _full_mask(valid: torch.Tensor, q_start: int, q_len: int, k_len: int) -> torch.Tensor:
-    """``[b, 1, q_len, k_len]`` bool: queries attend every real key; a query always sees itself."""
-    b = valid.shape[0]
-    m = valid[:, None, None, :k_len].expand(b, 1, q_len, k_len).clone()
-    q = torch.arange(q_start, q_start + q_len, device=valid.device)
-    k = torch.arange(k_len, device=valid.device)
-    m |= (k[None, :] == q[:, None])[None, None]
-    return m
+def _full(st: DiffusionBatch, q_start: int | None = None) -> AttentionLayout:
+    """Full attention over the real keys (left pads excluded); queries from column ``q_start``
+    (None: the last key columns)."""
+    return AttentionLayout(block_size=None, kv_start=st.kv_start, q_start=q_start)
 
 
 class FullDiffusion(SamplerBase):
@@ -172,23 +169,23 @@ class FullDiffusion(SamplerBase):
                 masked, active = st.masked(s, e)
                 if not bool(active.any()):
                     break
-                x, valid, pos, cache = st.x, st.valid, st.pos, st.cache
+                x, pos, cache = st.x, st.pos, st.cache
                 if mode == "none" or j == 0:
                     if cache is not None:
                         cache.window(0)  # full forward; stores K/V of every position
-                    out = model.forward(x, _full_mask(valid, 0, T, T), pos, cache)
+                    out = model.forward(x, _full(st), pos, cache)
                     logits = out[:, s - shift:e - shift]
                     # the vector the reference ranks: LLaDA's whole unpadded sequence; Dream's suffix from s
                     layout = [(T - s, 0)] * len(st.rows) if first_rule else \
                         [(n + T - st.P, n + (s - st.P)) for n in lens]
                 elif mode == "prefix":  # window [w, T) against the stored prefix [0, w)
                     cache.window(w)
-                    out = model.forward(x[:, w:], _full_mask(valid, w, T - w, T), pos[:, w:], cache)
+                    out = model.forward(x[:, w:], _full(st), pos[:, w:], cache)
                     logits = self._window_logits(out, s - w, B, shift, first_rule)
                     layout = [(T - s, 0)] * len(st.rows)
                 else:  # dual: window [w, w + B) reads the stored prefix and suffix
                     cache.window(w, read_end=T)
-                    out = model.forward(x[:, w:w + B], _full_mask(valid, w, B, T), pos[:, w:w + B], cache)
+                    out = model.forward(x[:, w:w + B], _full(st, q_start=w), pos[:, w:w + B], cache)
                     logits = self._window_logits(out, s - w, B, shift, first_rule)
                     layout = None
                 st.book.forward(st.rows, active)
@@ -238,18 +235,17 @@ def cache_fidelity(model: ModelAdapter, prompts: Sequence[Sequence[int]], *, blo
                 masked, active = st.masked(s, e)
                 if not bool(active.any()):
                     break
-                x, valid, pos = st.x, st.valid, st.pos
-                exact = model.forward(x, _full_mask(valid, 0, T, T), pos)[:, s:e]
+                x, pos = st.x, st.pos
+                exact = model.forward(x, _full(st), pos)[:, s:e]
                 if j == 0:
                     for c in caches.values():
                         c.window(0)
-                        model.forward(x, _full_mask(valid, 0, T, T), pos, c)
+                        model.forward(x, _full(st), pos, c)
                 else:
                     caches["prefix"].window(s)
-                    approx = {"prefix": model.forward(x[:, s:], _full_mask(valid, s, T - s, T), pos[:, s:],
-                                                      caches["prefix"])[:, :B]}
+                    approx = {"prefix": model.forward(x[:, s:], _full(st), pos[:, s:], caches["prefix"])[:, :B]}
                     caches["dual"].window(s, read_end=T)
-                    approx["dual"] = model.forward(x[:, s:e], _full_mask(valid, s, B, T), pos[:, s:e], caches["dual"])
+                    approx["dual"] = model.forward(x[:, s:e], _full(st, q_start=s), pos[:, s:e], caches["dual"])
                     pe = torch.softmax(exact.float().index_fill(-1, ban, float("-inf")), -1)
                     for name, lg in approx.items():
                         pa = torch.softmax(lg.float().index_fill(-1, ban, float("-inf")), -1)

@@ -32,12 +32,8 @@ PACKAGE = "dllm_bench"
 PLUGIN_PACKAGES = ("samplers", "trainers", "tasks", "sandboxes")
 
 # Upward imports from the core into a plugin folder that are known and scheduled to go:
-# (importer, imported), where the importer also stands for its submodules (the model layer may
-# become a package). Issue 16 item 1 moves attention beside the model adapter; until then the
-# model layer imports the samplers' attention module.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    ("dllm_bench.models", "dllm_bench.samplers.attention"),
-}
+# (importer, imported), where the importer also stands for its submodules. None at present.
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

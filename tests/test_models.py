@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from dllm_bench.blocks import block_causal_mask, left_pad_prompts, response_position_ids
+from dllm_bench.blocks import left_pad_prompts, response_position_ids
 from dllm_bench.errors import BadInputError
 from dllm_bench.models import SIDECAR, build_byte_tokenizer, load_model
+from dllm_bench.models.layout import AttentionLayout, left_pads
 from dllm_bench.schema import ModelInfo
 
 
@@ -80,8 +81,8 @@ def test_left_padding_does_not_change_logits(block_model):
     pb = left_pad_prompts([short, long], B, m.pad_token_id)
     alone = left_pad_prompts([short], B, m.pad_token_id)
     with torch.no_grad():
-        both = m.forward(pb.input_ids, block_causal_mask(pb.valid, B), pb.position_ids)
-        one = m.forward(alone.input_ids, block_causal_mask(alone.valid, B), alone.position_ids)
+        both = m.forward(pb.input_ids, AttentionLayout(B, kv_start=left_pads(pb.valid)), pb.position_ids)
+        one = m.forward(alone.input_ids, AttentionLayout(B, kv_start=left_pads(alone.valid)), alone.position_ids)
     assert torch.allclose(both[0, -len(short):], one[0, -len(short):], atol=1e-5)
 
 
@@ -92,18 +93,18 @@ def test_slot_cache_window_equals_full_forward(block_model):
     P = pb.padded_len
     blk = torch.tensor([[40, m.mask_token_id, 41, m.mask_token_id], [m.mask_token_id] * 4])
     x = torch.cat([pb.input_ids, blk], 1)
-    valid = torch.cat([pb.valid, torch.ones(2, B, dtype=torch.bool)], 1)
     pos = torch.cat([pb.position_ids, response_position_ids(pb.prompt_lens, B)], 1)
     with torch.no_grad():
-        full = m.forward(x, block_causal_mask(valid, B), pos)[:, P:]
+        lay = AttentionLayout(B, kv_start=left_pads(pb.valid))  # queries: the last key columns
+        full = m.forward(x, lay, pos)[:, P:]
         cache = m.new_cache(2, P + B)
         cache.window(0)
-        m.forward(x[:, :P], block_causal_mask(valid[:, :P], B), pos[:, :P], cache)
+        m.forward(x[:, :P], lay, pos[:, :P], cache)
         cache.commit(P)
         before = [k[:, :, :P].clone() for k in cache.keys]
         for _ in range(2):  # repeated denoise forwards see the same prefix
             cache.window(P)
-            part = m.forward(x[:, P:], block_causal_mask(valid, B, q_start=P, q_len=B), pos[:, P:], cache)
+            part = m.forward(x[:, P:], lay, pos[:, P:], cache)
             assert torch.allclose(part, full, atol=1e-5)
         assert all(torch.equal(k[:, :, :P], b) for k, b in zip(cache.keys, before))  # prefix never written
         cache.select(torch.tensor([1]))
@@ -213,6 +214,6 @@ def test_cache_is_passed_under_the_installed_name_without_deprecation_warnings(b
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.no_grad():
-            cached = m.forward(x, block_causal_mask(torch.ones(1, 2 * B, dtype=torch.bool), B), None, cache)
+            cached = m.forward(x, AttentionLayout(B), None, cache)
     with torch.no_grad():
         assert torch.allclose(cached, m.forward(x), atol=1e-5)

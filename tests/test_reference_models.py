@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dllm_bench.blocks import block_causal_mask, left_pad_prompts
+from dllm_bench.blocks import left_pad_prompts
 from dllm_bench.errors import BadInputError
 from dllm_bench.models import load_model
+from dllm_bench.models.layout import AttentionLayout, left_pads
 from refckpt import build_dream, build_llada, build_sdar, special_ids
 
 FAST_DLLM = Path("/work/.mirror/NVlabs+Fast-dLLM/repo")
@@ -189,7 +190,7 @@ def test_llada_loads_natively_and_matches_reference_forward(tmp_path, no_einops,
 
     seqs, pb = padded_batch(m.pad_token_id)
     with torch.no_grad():
-        both = m.forward(pb.input_ids, block_causal_mask(pb.valid, pb.padded_len), pb.position_ids)
+        both = m.forward(pb.input_ids, AttentionLayout(None, kv_start=left_pads(pb.valid)), pb.position_ids)
         alone = m.forward(torch.tensor([seqs[1]]))
     ref_pad = llada_reference(ck, pb.input_ids, key_mask(pb.valid))
     real = pb.valid
@@ -206,10 +207,11 @@ def test_llada_native_model_drives_the_slot_cache(tmp_path):
     _, pb = padded_batch(m.pad_token_id)
     x, valid, pos, T, s = pb.input_ids, pb.valid, pb.position_ids, pb.padded_len, 6
     with torch.no_grad():
-        full = m.forward(x, block_causal_mask(valid, T), pos)
+        full_attention = AttentionLayout(None, kv_start=left_pads(valid))  # queries: the last key columns
+        full = m.forward(x, full_attention, pos)
         cache = m.new_cache(2, T)
-        m.forward(x, block_causal_mask(valid, T), pos, cache.window(0))
-        part = m.forward(x[:, s:], block_causal_mask(valid, T, q_start=s, q_len=T - s), pos[:, s:],
+        m.forward(x, full_attention, pos, cache.window(0))
+        part = m.forward(x[:, s:], full_attention, pos[:, s:],
                          cache.window(s, T))
     assert torch.allclose(part, full[:, s:], atol=1e-5)
 
@@ -264,7 +266,7 @@ def test_dream_released_layout_loads_natively_and_matches_reference(ckpts, no_ei
         "<|im_start|>assistant\n"
     seqs, pb = padded_batch(m.pad_token_id)
     with torch.no_grad():
-        both = m.forward(pb.input_ids, block_causal_mask(pb.valid, pb.padded_len), pb.position_ids)
+        both = m.forward(pb.input_ids, AttentionLayout(None, kv_start=left_pads(pb.valid)), pb.position_ids)
         alone = m.forward(torch.tensor([seqs[1]]))
     ref = qwen_reference(ck, pb.input_ids, pb.position_ids, key_mask(pb.valid))
     assert torch.allclose(both[pb.valid], ref[pb.valid], atol=1e-5, rtol=1e-5)
@@ -340,9 +342,10 @@ def test_sdar_matches_reference_with_block_causal_mask(ckpts, no_einops):
     assert m.eos_token_ids == (ids["<|im_end|>"], ids["<|endoftext|>"])
     seqs, pb = padded_batch(m.pad_token_id)
     pb = left_pad_prompts(seqs, 4, m.pad_token_id)
-    mask = block_causal_mask(pb.valid, 4)
+    layout = AttentionLayout(4, kv_start=left_pads(pb.valid))
+    mask = layout.dense(*pb.input_ids.shape, pb.input_ids.shape[1])
     with torch.no_grad():
-        ours = m.forward(pb.input_ids, mask, pb.position_ids)
+        ours = m.forward(pb.input_ids, layout, pb.position_ids)
     ref = qwen_reference(ck, pb.input_ids, pb.position_ids, mask)
     assert torch.allclose(ours[pb.valid], ref[pb.valid], atol=1e-5, rtol=1e-5)
 

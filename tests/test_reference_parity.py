@@ -40,7 +40,6 @@ import math
 import pytest
 import torch
 
-from dllm_bench.blocks import block_causal_mask
 from dllm_bench.models import load_model
 from dllm_bench.samplers.base import filter_logits, sample_seed, step_quotas
 from dllm_bench.samplers.block import BlockDynamic, BlockStatic
@@ -114,8 +113,9 @@ def ref_sdar(model, prompt, *, B, S, gen_length, temperature=0.0, top_k=0, top_p
             if not bool(masked.any()):
                 break  # (the reference's store forward: writes K/V, denoises nothing)
             ids = x[None, :e]
-            mask = block_causal_mask(torch.ones(1, e, dtype=torch.bool), B)
-            logits = model.forward(ids, mask, torch.arange(e)[None])[0, s:e]
+            col = torch.arange(e)
+            mask = (col[None, :] // B <= col[:, None] // B)[None, None]  # the reference's block-causal mask
+            logits = model.forward(ids, mask, col[None])[0, s:e]
             nfe += 1
             x0, p = _propose(logits, temperature, top_k, top_p, mask_id, gen)
             conf = torch.where(masked, p, torch.tensor(float("-inf")))

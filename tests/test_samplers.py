@@ -337,7 +337,7 @@ def test_registry_configs_and_family_checks(bm, fm):
 
 
 def test_flex_attention_backend_matches_sdpa(prompts):
-    """The kernels module's `flex` backend (BlockAttentionSpec, no dense mask) decodes the same tokens."""
+    """The model layer's `flex` backend (the AttentionLayout as a mask_mod, no dense mask) decodes the same tokens."""
     m = load_model("tiny-block-dlm", dtype="float32")
     kw = dict(block_size=4, max_new_tokens=8)
     ref = _static(**kw).generate(m, prompts[:3], seed=0)

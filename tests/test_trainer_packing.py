@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from dllm_bench import registry
-from dllm_bench.blocks import block_causal_mask, left_pad_prompts, response_position_ids
+from dllm_bench.blocks import left_pad_prompts, response_position_ids
 from dllm_bench.models import load_model
+from dllm_bench.models.layout import AttentionLayout, left_pads
 from dllm_bench.trainers.networks import PolicyNet
 from dllm_bench.trainers.objectives import clipped_policy_terms
 from dllm_bench.trainers.scoring import token_logprobs
@@ -51,9 +52,8 @@ def naive_block_logprobs(adapter, batch) -> torch.Tensor:
             k = int(blk[(st == t) & m][0])
             state = torch.where((blk > k) | ((blk == k) & (st >= t)), torch.full_like(resp, mask_id), resp)
             ids = torch.cat([pb.input_ids[0], state])[None]
-            valid = torch.cat([pb.valid, torch.ones(1, L, dtype=torch.bool)], 1)
             pos = torch.cat([pb.position_ids, response_position_ids([n], L)], 1)
-            logits = adapter.forward(ids, block_causal_mask(valid, B), pos)[0, P:]
+            logits = adapter.forward(ids, AttentionLayout(B, kv_start=left_pads(pb.valid)), pos)[0, P:]
             logits[:, mask_id] = float("-inf")
             lp = torch.log_softmax(logits.float(), -1)
             for j in torch.nonzero((st == t) & m).flatten().tolist():

@@ -308,7 +308,8 @@ def _row_logprobs(ad, batch, i: int, picks: dict[int, int]) -> dict[int, torch.T
     sampler's state before step m_k (blocks < k clean, block k masked from m_k on, later
     blocks masked) with the block-causal mask — what the row's masked copy sees under
     dLLM-RL's staircase attention. MASK is excluded from the softmax (the sampler's π)."""
-    from dllm_bench.blocks import block_causal_mask, left_pad_prompts, response_position_ids
+    from dllm_bench.blocks import left_pad_prompts, response_position_ids
+    from dllm_bench.models.layout import AttentionLayout, left_pads
 
     B, L, mask_id = batch.block_size, batch.gen_len, batch.mask_id
     n = batch.prompt_lens[i]
@@ -319,9 +320,8 @@ def _row_logprobs(ad, batch, i: int, picks: dict[int, int]) -> dict[int, torch.T
     for k, m in picks.items():
         state = torch.where((blk > k) | ((blk == k) & (st >= m)), torch.full_like(resp, mask_id), resp)
         ids = torch.cat([pb.input_ids[0], state])[None]
-        valid = torch.cat([pb.valid, torch.ones(1, L, dtype=torch.bool)], 1)
         pos = torch.cat([pb.position_ids, response_position_ids([n], L)], 1)
-        logits = ad.forward(ids, block_causal_mask(valid, B), pos)[0, pb.padded_len:]
+        logits = ad.forward(ids, AttentionLayout(B, kv_start=left_pads(pb.valid)), pos)[0, pb.padded_len:]
         logits = logits.index_fill(-1, torch.tensor([mask_id]), float("-inf"))
         lp = torch.log_softmax(logits, -1)
         for j in torch.nonzero((blk == k) & (st == m) & tr).flatten().tolist():

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dllm_bench.models.layout import AttentionLayout, forward_mask_kwargs
+
 from .config import TrainConfig
 
 if TYPE_CHECKING:
@@ -23,21 +25,13 @@ VALUE_HEAD_FILE = "value_head.pt"
 VALUE_META_FILE = "dllm_bench_value.json"
 
 
-def to_mask_arg(mask: torch.Tensor, attn_backend: str, dtype: torch.dtype) -> torch.Tensor:
-    """Bool ``[n, 1, T, T]`` mask -> what the attention backend reads (additive for eager)."""
-    if attn_backend == "eager":
-        from dllm_bench.blocks import to_additive
-
-        return to_additive(mask, dtype)
-    return mask
-
-
 class PolicyNet(torch.nn.Module):
     """A causal-LM-shaped transformers model read at chosen positions only.
 
-    ``forward(input_ids [n, T], attention_mask [n, 1, T, T] bool, position_ids [n, T],
-    gather_index [n, K]) -> logits [n, K, V]`` (float32): the backbone runs once, the LM head
-    only on the ``K`` gathered columns, so memory is ``O(K·V)`` instead of ``O(T·V)``.
+    ``forward(input_ids [n, T], layout, position_ids [n, T], gather_index [n, K]) -> logits
+    [n, K, V]`` (float32; ``layout`` an AttentionLayout of n rows or a ``[n, 1, T, T]`` bool
+    mask): the backbone runs once, the LM head only on the ``K`` gathered columns, so memory is
+    ``O(K·V)`` instead of ``O(T·V)``.
 
     With ``targets [n, K]`` it returns ``log softmax(logits / temperature)[targets]`` ``[n, K]``
     instead (``banned`` token removed from the softmax), computed in chunks of columns so that
@@ -45,7 +39,8 @@ class PolicyNet(torch.nn.Module):
     recomputed in backward (activation checkpointing of the LM head) — real vocabularies
     (150k) times long responses never materialise ``[n, K, V]``.
 
-    The dense 4-D mask is always honoured: training forces the ``sdpa``/``eager`` attention paths.
+    The layout is read as a dense 4-D mask (:func:`dllm_bench.models.layout.forward_mask_kwargs`):
+    training forces the ``sdpa``/``eager`` attention paths.
     """
 
     logit_chunk_elems: int = 1 << 26
@@ -76,16 +71,16 @@ class PolicyNet(torch.nn.Module):
     def backbone(self) -> torch.nn.Module:
         return self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
 
-    def _full_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                     gather_index: torch.Tensor) -> torch.Tensor:
+    def _full_logits(self, input_ids: torch.Tensor, layout: AttentionLayout | torch.Tensor,
+                     position_ids: torch.Tensor, gather_index: torch.Tensor) -> torch.Tensor:
         import inspect
 
         params = inspect.signature(self.lm.forward).parameters
         kw: dict[str, Any] = {"input_ids": input_ids}
-        if "attention_bias" in params:
-            kw["attention_bias"] = attention_mask
+        if "attention_bias" in params:  # LLaDA's remote code: the boolean mask as `attention_bias`
+            kw["attention_bias"] = forward_mask_kwargs(layout, "sdpa", input_ids, torch.bool)["attention_mask"]
         else:
-            kw["attention_mask"] = to_mask_arg(attention_mask, self.attn_backend, next(self.lm.parameters()).dtype)
+            kw.update(forward_mask_kwargs(layout, self.attn_backend, input_ids, next(self.lm.parameters()).dtype))
         if "position_ids" in params:
             kw["position_ids"] = position_ids
         if "use_cache" in params:
@@ -95,18 +90,18 @@ class PolicyNet(torch.nn.Module):
         idx = gather_index.clamp_min(0)[..., None].expand(-1, -1, logits.shape[-1])
         return torch.gather(logits, 1, idx).float()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, layout: AttentionLayout | torch.Tensor, position_ids: torch.Tensor,
                 gather_index: torch.Tensor, targets: torch.Tensor | None = None, temperature: float = 1.0,
                 banned: int | None = None) -> torch.Tensor:
         if not self.fast:
-            logits = self._full_logits(input_ids, attention_mask, position_ids, gather_index)
+            logits = self._full_logits(input_ids, layout, position_ids, gather_index)
             if targets is None:
                 return logits
             if banned is not None:
                 logits = logits.index_fill(-1, torch.tensor([banned], device=logits.device), float("-inf"))
             return torch.log_softmax(logits / temperature, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
         dtype = next(self.lm.parameters()).dtype
-        out = self.backbone()(input_ids=input_ids, attention_mask=to_mask_arg(attention_mask, self.attn_backend, dtype),
+        out = self.backbone()(input_ids=input_ids, **forward_mask_kwargs(layout, self.attn_backend, input_ids, dtype),
                               position_ids=position_ids, use_cache=False)
         h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         idx = gather_index.clamp_min(0)[..., None].expand(-1, -1, h.shape[-1])
@@ -141,7 +136,7 @@ class ValueNet(torch.nn.Module):
     ``train/init_trado_value_model.py`` at 10b4fd1): a backbone copy + ``Linear(hidden, 1,
     bias=False)`` head initialised to zero, so V ≡ 0 at the start.
 
-    ``forward(input_ids, attention_mask, position_ids, gather_index) -> [n, K]`` float32 values
+    ``forward(input_ids, layout, position_ids, gather_index) -> [n, K]`` float32 values
     read at the gathered columns (the same packed rows as the policy).
     """
 
@@ -152,10 +147,10 @@ class ValueNet(torch.nn.Module):
         self.head = torch.nn.Linear(hidden_size, 1, bias=False)
         torch.nn.init.zeros_(self.head.weight)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, layout: AttentionLayout | torch.Tensor, position_ids: torch.Tensor,
                 gather_index: torch.Tensor) -> torch.Tensor:
         dtype = self.head.weight.dtype
-        out = self.backbone(input_ids=input_ids, attention_mask=to_mask_arg(attention_mask, self.attn_backend, dtype),
+        out = self.backbone(input_ids=input_ids, **forward_mask_kwargs(layout, self.attn_backend, input_ids, dtype),
                             position_ids=position_ids, use_cache=False)
         h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         idx = gather_index.clamp_min(0)[..., None].expand(-1, -1, h.shape[-1])

@@ -24,7 +24,7 @@ def token_logprobs(net: torch.nn.Module, batch: RolloutBatch, family: str, *, la
     def fn(inp: ForwardInputs) -> torch.Tensor:
         gi = (inp.gather_index - shift).clamp_min(0)
         tgt = batch.response_ids[inp.rows[:, None], inp.cols.clamp_min(0)]
-        return net(inp.input_ids.to(device), inp.attention_mask.to(device), inp.position_ids.to(device),
+        return net(inp.input_ids.to(device), inp.layout.to(device), inp.position_ids.to(device),
                    gi.to(device), targets=tgt.to(device), temperature=temperature, banned=banned)
 
     return scatter_tokens(batch, forward_plan(batch, family, layout=layout, rows_per_forward=rows_per_forward), fn)
@@ -35,7 +35,7 @@ def token_values(vnet: torch.nn.Module, batch: RolloutBatch, family: str, *, lay
     """``[b, L]`` values V_j read at each trainable token's trajectory step (same rows as the policy)."""
 
     def fn(inp: ForwardInputs) -> torch.Tensor:
-        return vnet(inp.input_ids.to(device), inp.attention_mask.to(device), inp.position_ids.to(device),
+        return vnet(inp.input_ids.to(device), inp.layout.to(device), inp.position_ids.to(device),
                     inp.gather_index.to(device))
 
     return scatter_tokens(batch, forward_plan(batch, family, layout=layout, rows_per_forward=rows_per_forward), fn)

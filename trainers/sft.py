@@ -2,9 +2,9 @@
 10b4fd1; DiRL, arXiv 2512.22234, §3.1 and §4.1).
 
 * **Block SFT** (``block-diffusion`` models, semi-autoregressive): each example is packed
-  as ``[prompt (P) ; clean response x0 (L) ; masked copy xt (L)]`` with
-  :func:`dllm_bench.blocks.staircase_mask`, so every block is trained in one forward: a
-  masked-copy block sees the prompt, the clean blocks before it and itself. Inside each
+  as ``[prompt (P) ; clean response x0 (L) ; masked copy xt (L)]`` with the staircase layout
+  (:meth:`dllm_bench.models.layout.AttentionLayout.staircase`), so every block is trained in
+  one forward: a masked-copy block sees the prompt, the clean blocks before it and itself. Inside each
   response block a mask ratio ``t ~ U(mask_ratio_min, mask_ratio_max)`` is drawn and each
   token is masked with probability t (at least one token per block, so a block always has
   a target); the loss is on the masked tokens.
@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from dllm_bench.blocks import left_pad_prompts, response_position_ids, round_up, staircase_mask
+from dllm_bench.blocks import left_pad_prompts, response_position_ids, round_up
 from dllm_bench.console import progress
 from dllm_bench.errors import BadInputError
+from dllm_bench.models.layout import AttentionLayout, left_pads
 
 from .base import Trainer, open_run
 from .batching import batch_indices
@@ -180,7 +181,7 @@ class SFT(Trainer):
         """Tensors for one micro-batch.
 
         Returns:
-            dict with ``input_ids [n, T]``, ``attention_mask [n, 1, T, T]`` bool,
+            dict with ``input_ids [n, T]``, ``layout`` (an :class:`AttentionLayout` of n rows),
             ``position_ids [n, T]``, ``gather_index [n, L]``, ``targets [n, L]``,
             ``weight [n, L]`` float (0 = not a target) and ``n_resp`` (response tokens).
         """
@@ -206,12 +207,10 @@ class SFT(Trainer):
             real[i, :resp_lens[i]] = True
         rpos = response_position_ids(pb.prompt_lens, L)
         jj = torch.arange(L)[None].expand(n, L)
+        kv_start, kv_end = left_pads(pb.valid), P + torch.as_tensor(resp_lens)  # real keys of [prompt ; response]
         if mode == "ar":
-            T = P + L
-            valid = torch.cat([pb.valid, real], 1)
-            causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
-            mask = (causal[None] & valid[:, None, :]) | torch.eye(T, dtype=torch.bool)[None]
-            return {"input_ids": torch.cat([pb.input_ids, resp], 1), "attention_mask": mask[:, None],
+            causal = AttentionLayout(block_size=1, kv_start=kv_start, kv_end=kv_end)
+            return {"input_ids": torch.cat([pb.input_ids, resp], 1), "layout": causal,
                     "position_ids": torch.cat([pb.position_ids, rpos], 1), "gather_index": P + jj - 1,
                     "targets": resp, "weight": real.float(), "n_resp": int(real.sum())}
         lo, hi = cfg.mask_ratio_min, cfg.mask_ratio_max
@@ -240,16 +239,14 @@ class SFT(Trainer):
         if mode == "block":
             ids = torch.cat([pb.input_ids, resp, xt], 1)
             pos = torch.cat([pb.position_ids, rpos, rpos], 1)
-            mask = staircase_mask(pb.valid, L, B)
+            layout = AttentionLayout.staircase(pb.valid, L, B)
             gather = P + L + jj + shift
         else:
             ids = torch.cat([pb.input_ids, xt], 1)
             pos = torch.cat([pb.position_ids, rpos], 1)
-            T = P + L
-            valid = torch.cat([pb.valid, real], 1)
-            mask = (valid[:, None, :].expand(n, T, T) | torch.eye(T, dtype=torch.bool)[None])[:, None]
+            layout = AttentionLayout(block_size=None, kv_start=kv_start, kv_end=kv_end)
             gather = P + jj + shift
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "gather_index": gather,
+        return {"input_ids": ids, "layout": layout, "position_ids": pos, "gather_index": gather,
                 "targets": resp, "weight": w, "n_resp": int(real.sum())}
 
     # ------------------------------------------------------------------ training
@@ -289,7 +286,7 @@ class SFT(Trainer):
                     is_last = k == len(inputs) - 1
                     with eng.sync_context(model, is_last):
                         dev = eng.device
-                        logp = model(x["input_ids"].to(dev), x["attention_mask"].to(dev), x["position_ids"].to(dev),
+                        logp = model(x["input_ids"].to(dev), x["layout"].to(dev), x["position_ids"].to(dev),
                                      x["gather_index"].to(dev), targets=x["targets"].to(dev))
                         loss = -(logp * x["weight"].to(dev)).sum() / denom
                         eng.backward(model, loss, is_last)

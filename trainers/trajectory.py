@@ -9,8 +9,9 @@ dLLM-RL ``train/rl_trado.py`` at 10b4fd1). Token ids come straight from the roll
 nothing is re-tokenised (dLLM-RL's ``train/rl_trado.py`` re-tokenises the decoded text with
 ``UniversalPrompting`` and pads or truncates the step map to it, so the two can drift).
 
-**Block models, one packed forward per response** (this module's extension of
-:func:`dllm_bench.blocks.staircase_mask` from one masked copy to many). For response block
+**Block models, one packed forward per response** (this module's extension of the staircase
+layout, :meth:`dllm_bench.models.layout.AttentionLayout.staircase`, from one masked copy to
+many; :class:`~dllm_bench.models.layout.AttentionLayout` with per-row ``segments``). For response block
 ``k`` with (shrunk) distinct trainable steps ``m_1 < m_2 < ...``, the state just before step
 ``m`` is the block with every token of step ``>= m`` replaced by MASK. Each such
 ``(block k, step m)`` state is one *segment* of B tokens, and all segments of a response go
@@ -47,7 +48,8 @@ from typing import Literal
 
 import torch
 
-from dllm_bench.blocks import block_causal_mask, left_pad_prompts, response_position_ids, round_up
+from dllm_bench.blocks import left_pad_prompts, response_position_ids, round_up
+from dllm_bench.models.layout import PAD_SEGMENT, AttentionLayout, left_pads
 
 Family = Literal["block", "full", "ar"]
 INF_STEP = 1 << 40
@@ -332,7 +334,7 @@ class ForwardInputs:
 
     Attributes:
         input_ids: ``[n, T]`` long.
-        attention_mask: ``[n, 1, T, T]`` bool (True = may attend).
+        layout: who attends to whom (:class:`~dllm_bench.models.layout.AttentionLayout`, ``n`` rows).
         position_ids: ``[n, T]`` long.
         gather_index: ``[n, K]`` long — packed column whose logits predict each scored token.
         rows: ``[n]`` long — the batch row (response) each forward row belongs to.
@@ -340,7 +342,7 @@ class ForwardInputs:
     """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    layout: AttentionLayout
     position_ids: torch.Tensor
     gather_index: torch.Tensor
     rows: torch.Tensor
@@ -386,14 +388,8 @@ def packed_block_inputs(batch: RolloutBatch) -> ForwardInputs:
     pos = torch.zeros((b, T), dtype=torch.long, device=dev)
     ids[:, :P], ids[:, P:P + L] = batch.prompt_ids, batch.response_ids
     pos[:, :P], pos[:, P:P + L] = batch.prompt_pos, resp_pos
-    # column attributes: block id in [prompt ; response] numbering, segment id (-1 = clean)
-    blk = torch.zeros((b, T), dtype=torch.long, device=dev)
-    seg_id = torch.full((b, T), -1, dtype=torch.long, device=dev)
-    key_ok = torch.zeros((b, T), dtype=torch.bool, device=dev)
-    cols = torch.arange(P + L, device=dev)
-    blk[:, :P + L] = cols // B
-    key_ok[:, :P] = batch.prompt_valid
-    key_ok[:, P:P + L] = True
+    # the clean block (counted from column 0) each segment copies; PAD_SEGMENT for padding segments
+    seg_blocks = torch.full((b, n_seg), PAD_SEGMENT, dtype=torch.long, device=dev)
     gather = torch.zeros((b, L), dtype=torch.long, device=dev)
     col_of = torch.full((b, L), -1, dtype=torch.long, device=dev)
     ar_B = torch.arange(B, device=dev)
@@ -409,21 +405,13 @@ def packed_block_inputs(batch: RolloutBatch) -> ForwardInputs:
         c0 = P + L
         ids[i, c0:c0 + n * B] = state.flatten()
         pos[i, c0:c0 + n * B] = resp_pos[i][src].flatten()
-        blk[i, c0:c0 + n * B] = (P // B + ks).repeat_interleave(B)
-        seg_id[i, c0:c0 + n * B] = torch.arange(n, device=dev).repeat_interleave(B)
-        key_ok[i, c0:c0 + n * B] = True
+        seg_blocks[i, :n] = P // B + ks
         tgt = (st == ms[:, None]) & batch.mask[i][src]             # [n, B]
         j = src[tgt]
         gather[i, j] = (c0 + torch.arange(n * B, device=dev).view(n, B))[tgt]
         col_of[i, j] = j
-    q_clean = (seg_id < 0)[:, :, None]
-    k_clean = (seg_id < 0)[:, None, :]
-    q_blk, k_blk = blk[:, :, None], blk[:, None, :]
-    allowed = (q_clean & k_clean & (k_blk <= q_blk)) | \
-              (~q_clean & ((k_clean & (k_blk < q_blk)) | (seg_id[:, :, None] == seg_id[:, None, :])))
-    allowed &= key_ok[:, None, :]
-    allowed |= torch.eye(T, dtype=torch.bool, device=dev)[None]
-    return ForwardInputs(ids, allowed[:, None], pos, gather, torch.arange(b, device=dev), col_of)
+    layout = AttentionLayout(block_size=B, kv_start=left_pads(batch.prompt_valid), segments=seg_blocks)
+    return ForwardInputs(ids, layout, pos, gather, torch.arange(b, device=dev), col_of)
 
 
 def round_rows_block_inputs(batch: RolloutBatch) -> ForwardInputs:
@@ -434,8 +422,6 @@ def round_rows_block_inputs(batch: RolloutBatch) -> ForwardInputs:
     Used by the speed benchmark as the published baseline; numerically equal to
     :func:`packed_block_inputs`.
     """
-    from dllm_bench.blocks import staircase_mask
-
     B, P, L = batch.block_size, batch.prompt_ids.shape[1], batch.gen_len
     dev = batch.response_ids.device
     segs = _segments(batch.steps.cpu(), batch.mask.cpu(), B)
@@ -469,8 +455,8 @@ def round_rows_block_inputs(batch: RolloutBatch) -> ForwardInputs:
             valid_l.append(batch.prompt_valid[i])
             gather_l.append(gather)
             cols_l.append(cols)
-    mask = staircase_mask(torch.stack(valid_l), L, B)
-    return ForwardInputs(torch.stack(ids_l), mask, torch.stack(pos_l), torch.stack(gather_l),
+    layout = AttentionLayout.staircase(torch.stack(valid_l), L, B)
+    return ForwardInputs(torch.stack(ids_l), layout, torch.stack(pos_l), torch.stack(gather_l),
                          torch.as_tensor(rows, device=dev), torch.stack(cols_l))
 
 
@@ -479,7 +465,7 @@ def per_step_block_inputs(batch: RolloutBatch) -> Iterator[ForwardInputs]:
 
     For the i-th step (k, m) of every response, the input is the sampler's state just before
     it — ``[prompt ; clean blocks < k ; block k with steps >= m masked ; later blocks masked]`` —
-    with :func:`dllm_bench.blocks.block_causal_mask`; the tokens of step m are read at their
+    with a block-causal :class:`~dllm_bench.models.layout.AttentionLayout`; the tokens of step m are read at their
     own columns. Responses are batched step-by-step (the i-th forward holds every response's
     i-th step), so the number of forwards is the largest step count in the batch.
     """
@@ -487,8 +473,7 @@ def per_step_block_inputs(batch: RolloutBatch) -> Iterator[ForwardInputs]:
     dev = batch.response_ids.device
     segs = _segments(batch.steps.cpu(), batch.mask.cpu(), B)
     resp_pos = response_position_ids(batch.prompt_lens, L, device=dev)
-    valid = torch.cat([batch.prompt_valid, torch.ones_like(batch.response_ids, dtype=torch.bool)], 1)
-    mask = block_causal_mask(valid, B)
+    layout = AttentionLayout(block_size=B, kv_start=left_pads(batch.prompt_valid))
     n_max = max(len(s) for s in segs)
     for s in range(n_max):
         rows = [i for i in range(batch.size) if s < len(segs[i])]
@@ -507,7 +492,7 @@ def per_step_block_inputs(batch: RolloutBatch) -> Iterator[ForwardInputs]:
             gather_l.append(gather)
             cols_l.append(torch.where(tgt, jj, torch.full_like(jj, -1)))
         ix = torch.as_tensor(rows, device=dev)
-        yield ForwardInputs(torch.stack(ids_l), mask[ix], torch.cat([batch.prompt_pos, resp_pos], 1)[ix],
+        yield ForwardInputs(torch.stack(ids_l), layout.select(ix), torch.cat([batch.prompt_pos, resp_pos], 1)[ix],
                             torch.stack(gather_l), ix, torch.stack(cols_l))
 
 
@@ -526,11 +511,10 @@ def full_attention_inputs(batch: RolloutBatch, rows_per_forward: int = 8) -> Ite
     for i in range(batch.size):
         for t in torch.unique(batch.steps[i][batch.mask[i]], sorted=True).tolist():
             jobs.append((i, int(t)))
-    key_valid = torch.cat([batch.prompt_valid, torch.ones_like(batch.response_ids, dtype=torch.bool)], 1)
-    T = P + L
+    full = AttentionLayout(block_size=None, kv_start=left_pads(batch.prompt_valid))
     for c in range(0, len(jobs), rows_per_forward):
         chunk = jobs[c:c + rows_per_forward]
-        ids_l, pos_l, m_l, g_l, c_l = [], [], [], [], []
+        ids_l, pos_l, g_l, c_l = [], [], [], []
         for i, t in chunk:
             st = batch.steps[i]
             resp = torch.where(st >= t, torch.full_like(st, batch.mask_id), batch.response_ids[i])
@@ -538,12 +522,10 @@ def full_attention_inputs(batch: RolloutBatch, rows_per_forward: int = 8) -> Ite
             jj = torch.arange(L, device=dev)
             ids_l.append(torch.cat([batch.prompt_ids[i], resp]))
             pos_l.append(torch.cat([batch.prompt_pos[i], resp_pos[i]]))
-            m = key_valid[i][None, :].expand(T, T) | torch.eye(T, dtype=torch.bool, device=dev)
-            m_l.append(m)
             g_l.append(torch.where(tgt, P + jj, torch.zeros_like(jj)))
             c_l.append(torch.where(tgt, jj, torch.full_like(jj, -1)))
-        yield ForwardInputs(torch.stack(ids_l), torch.stack(m_l)[:, None], torch.stack(pos_l),
-                            torch.stack(g_l), torch.as_tensor([i for i, _ in chunk], device=dev),
+        rows = torch.as_tensor([i for i, _ in chunk], device=dev)
+        yield ForwardInputs(torch.stack(ids_l), full.select(rows), torch.stack(pos_l), torch.stack(g_l), rows,
                             torch.stack(c_l))
 
 
@@ -552,15 +534,12 @@ def ar_inputs(batch: RolloutBatch) -> ForwardInputs:
     column ``P + j − 1`` (the usual shift)."""
     P, L = batch.prompt_ids.shape[1], batch.gen_len
     dev = batch.response_ids.device
-    T = P + L
-    valid = torch.cat([batch.prompt_valid, torch.ones_like(batch.response_ids, dtype=torch.bool)], 1)
-    causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=dev))
-    mask = (causal[None] & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=dev)[None]
+    causal = AttentionLayout(block_size=1, kv_start=left_pads(batch.prompt_valid))
     pos = torch.cat([batch.prompt_pos, response_position_ids(batch.prompt_lens, L, device=dev)], 1)
     jj = torch.arange(L, device=dev)[None].expand(batch.size, L)
     gather = P + jj - 1
     cols = torch.where(batch.mask, jj, torch.full_like(jj, -1))
-    return ForwardInputs(torch.cat([batch.prompt_ids, batch.response_ids], 1), mask[:, None], pos,
+    return ForwardInputs(torch.cat([batch.prompt_ids, batch.response_ids], 1), causal, pos,
                          gather, torch.arange(batch.size, device=dev), cols)
 
 

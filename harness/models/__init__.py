@@ -6,8 +6,10 @@
   ``tiny-block-dlm`` (block-diffusion LM), ``tiny-full-dlm`` (full-attention masked-diffusion
   LM, LLaDA-style), ``tiny-ar`` (causal LM). All three are a stock transformers
   ``Qwen3ForCausalLM``; the *family* only decides which attention mask drives it:
-  block-causal (:func:`dllm_bench.blocks.block_causal_mask`), full bidirectional, or causal.
-  There is no forked modeling code: masks go in as 4-D boolean tensors and the cache is a
+  block-causal, full bidirectional, or causal (an :class:`AttentionLayout`,
+  :mod:`~dllm_bench.models.layout`). There is no forked modeling code: masks go in as 4-D
+  boolean tensors derived from the layout (or the layout itself for the ``flex`` / ``triton``
+  backends of :mod:`~dllm_bench.models.attention`) and the cache is a
   :class:`transformers.Cache` (:class:`SlotKVCache`). Sizes are model args
   (``hidden_size``, ``num_layers``, ``num_heads``, ``num_kv_heads``, ``intermediate_size``,
   ``max_position_embeddings``, ``block_size``, ``init_seed``). They share a byte-level
@@ -30,20 +32,23 @@
 Model args common to every spec: ``family`` (override), ``block_size``, ``mask_token``,
 ``dtype`` (``auto`` = bfloat16 on CUDA, float32 on CPU), ``device`` (``auto``),
 ``attn_backend`` (``sdpa`` default; ``eager``; or any name registered with transformers'
-``AttentionInterface``, e.g. by :mod:`dllm_bench.samplers.attention`), ``trust_remote_code``.
+``AttentionInterface``, e.g. ``triton`` / ``flex`` by :mod:`dllm_bench.models.attention`),
+``trust_remote_code``.
 
 The package, one concern per module, lower modules never importing higher ones:
 :mod:`~dllm_bench.models.tokenizer` (the byte tokenizer), :mod:`~dllm_bench.models.cache`
 (:class:`SlotKVCache`), :mod:`~dllm_bench.models.families` (family detection, mask token),
 :mod:`~dllm_bench.models.specs` (built-in specs, tiny configs), :mod:`~dllm_bench.models.gguf`
-(GGUF files); :mod:`~dllm_bench.models.adapter` (:class:`ModelAdapter`) above them;
+(GGUF files), :mod:`~dllm_bench.models.layout` (who attends to whom) with
+:mod:`~dllm_bench.models.attention` / :mod:`~dllm_bench.models.triton_attention` (attention
+backends) above it; :mod:`~dllm_bench.models.adapter` (:class:`ModelAdapter`) above them;
 :mod:`~dllm_bench.models.checks` (model sources checked before loading) above that; and
 :mod:`~dllm_bench.models.loading` (:func:`load_model`) on top. This module is the public surface.
 """
 
 from __future__ import annotations
 
-from .adapter import BLOCK_SPEC_BACKENDS, SIDECAR, ModelAdapter, os_error_of
+from .adapter import LAYOUT_BACKENDS, SIDECAR, ModelAdapter, os_error_of
 from .cache import SlotKVCache
 from .checks import (
                      CAUSAL_SUFFIXES,
@@ -58,15 +63,16 @@ from .checks import (
 )
 from .families import DEFAULT_BLOCK_SIZE, FAMILIES, LLADA_MASK_ID, MASK_CANDIDATES, Family
 from .gguf import check_gguf, gguf_cache_dir, smollm2_gguf
+from .layout import AttentionLayout
 from .loading import load_model, resolve_device, resolve_dtype, weights_sha256
 from .specs import BUILTIN_SPECS, SIZE_ARGS, TINY_DEFAULTS, TINY_FAMILY, tiny_config
 from .tokenizer import CHATML_TEMPLATE, TOKENIZER_VERSION, build_byte_tokenizer
 
 __all__ = [
-    "BLOCK_SPEC_BACKENDS", "BUILTIN_SPECS", "CAUSAL_SUFFIXES", "CHATML_TEMPLATE", "DEFAULT_BLOCK_SIZE", "FAMILIES",
-    "Family", "LLADA_MASK_ID", "MASK_CANDIDATES", "ModelAdapter", "SIDECAR", "SIZE_ARGS", "SlotKVCache",
-    "TINY_DEFAULTS", "TINY_FAMILY", "TOKENIZER_NAMES", "TOKENIZER_VERSION", "WEIGHT_NAMES", "build_byte_tokenizer",
-    "check_gguf", "check_model_args", "check_model_dir", "check_model_source", "check_safetensors",
-    "check_torch_bin", "declared_family", "gguf_cache_dir", "load_model", "os_error_of", "resolve_device",
-    "resolve_dtype", "smollm2_gguf", "tiny_config", "weights_sha256",
+    "AttentionLayout", "BUILTIN_SPECS", "CAUSAL_SUFFIXES", "CHATML_TEMPLATE", "DEFAULT_BLOCK_SIZE", "FAMILIES",
+    "Family", "LAYOUT_BACKENDS", "LLADA_MASK_ID", "MASK_CANDIDATES", "ModelAdapter", "SIDECAR", "SIZE_ARGS",
+    "SlotKVCache", "TINY_DEFAULTS", "TINY_FAMILY", "TOKENIZER_NAMES", "TOKENIZER_VERSION", "WEIGHT_NAMES",
+    "build_byte_tokenizer", "check_gguf", "check_model_args", "check_model_dir", "check_model_source",
+    "check_safetensors", "check_torch_bin", "declared_family", "gguf_cache_dir", "load_model", "os_error_of",
+    "resolve_device", "resolve_dtype", "smollm2_gguf", "tiny_config", "weights_sha256",
 ]

@@ -17,13 +17,10 @@ import torch
 
 from ..errors import BadInputError
 from .cache import SlotKVCache
+from .layout import LAYOUT_BACKENDS, AttentionLayout, forward_mask_kwargs
 
 SIDECAR = "dllm_bench.json"
 """File name of the metadata sidecar written next to saved weights."""
-
-BLOCK_SPEC_BACKENDS = ("triton", "flex")
-"""Attention backends that take the block structure as a spec instead of a mask."""
-
 
 @dataclass
 class ModelAdapter:
@@ -129,32 +126,22 @@ class ModelAdapter:
         return fp
 
     # -------------------------------------------------------------------- forward
-    def default_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
-        """The family's mask when a caller passes none (no padding, no cache).
-
-        ``ar`` -> None (the model's own causal mask); ``full-diffusion`` -> all True;
-        ``block-diffusion`` -> block-causal from position 0 with ``self.block_size``.
-        Shape ``[b, 1, t, t]`` bool.
-        """
-        b, t = input_ids.shape
+    def default_layout(self) -> AttentionLayout | None:
+        """The family's layout when a caller passes none (no padding, no cache): ``ar`` -> None
+        (the model's own causal mask); ``full-diffusion`` -> full attention;
+        ``block-diffusion`` -> block-causal from position 0 with ``self.block_size``."""
         if self.family == "ar":
             return None
-        valid = torch.ones(b, t, dtype=torch.bool, device=input_ids.device)
-        if self.family == "full-diffusion":
-            return valid[:, None, None, :].expand(b, 1, t, t)
-        from ..blocks import block_causal_mask
+        return AttentionLayout(block_size=None if self.family == "full-diffusion" else self.block_size or 1)
 
-        return block_causal_mask(valid, self.block_size or 1)
-
-    def _prep(self, input_ids, attention_mask, position_ids, past_key_values):
-        if attention_mask is None and past_key_values is None:
-            attention_mask = self.default_mask(input_ids)
-        if attention_mask is not None and attention_mask.dtype == torch.bool and self.attn_backend == "eager":
-            from ..blocks import to_additive
-
-            attention_mask = to_additive(attention_mask, self.dtype)
+    def _prep(self, input_ids, attention, position_ids, past_key_values):
         params = self._forward_params
-        kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if attention is None and past_key_values is None:
+            attention = self.default_layout()
+        kv_len = None if past_key_values is None else int(past_key_values.get_mask_sizes(input_ids.shape[1], 0)[0])
+        kw: dict[str, Any] = {"input_ids": input_ids,
+                              **forward_mask_kwargs(attention, self.attn_backend, input_ids, self.dtype, kv_len)}
+        attention_mask = kw["attention_mask"]
         if attention_mask is not None and attention_mask.dim() == 4 and "attention_bias" in params:
             # LLaDA's remote code (trust_remote_code) takes a 4-D mask as `attention_bias` (True = attend)
             kw["attention_mask"], kw["attention_bias"] = None, attention_mask
@@ -166,33 +153,32 @@ class ModelAdapter:
             kw["use_cache"] = past_key_values is not None
         return kw
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor, attention: AttentionLayout | torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: Any = None,
-                logits_to_keep: int = 0, block_attention: Any = None) -> torch.Tensor:
+                logits_to_keep: int = 0) -> torch.Tensor:
         """One model forward (one NFE).
 
         Args:
             input_ids: ``[b, t]`` long.
-            attention_mask: ``[b, 1, t, k]`` bool, True = may attend (``k = t`` without a cache,
-                ``k`` = the cache's read length with one), or None for the family default
-                (:meth:`default_mask`; only without a cache).
+            attention: who sees whom: an :class:`AttentionLayout` (samplers and trainers pass
+                one; the adapter derives what the attention backend reads: a dense mask for
+                ``sdpa`` / ``eager``, the layout for ``flex`` / ``triton``), or an explicit
+                ``[b, 1, t, k]`` bool mask (True = may attend; ``k = t`` without a cache, ``k``
+                = the cache's read length with one), or None for the family default
+                (:meth:`default_layout`; only without a cache).
             position_ids: ``[b, t]`` long (left pads excluded from the count; see
                 :mod:`dllm_bench.blocks`), or None for ``0..t-1``.
             past_key_values: a :class:`SlotKVCache` (window set by the caller) or any
                 transformers ``Cache``; it is updated in place.
             logits_to_keep: return logits of the last N positions only (0 = all).
-            block_attention: a ``BlockAttentionSpec`` for the ``triton`` / ``flex`` backends
-                (see :attr:`needs_block_spec`); ignored by ``sdpa`` / ``eager``.
 
         Returns:
             logits ``[b, t or N, V]`` in the model dtype (position i holds the prediction for
             token i, or i+1 when :attr:`logits_shift`).
         """
-        kw = self._prep(input_ids, attention_mask, position_ids, past_key_values)
+        kw = self._prep(input_ids, attention, position_ids, past_key_values)
         if logits_to_keep and "logits_to_keep" in self._forward_params:
             kw["logits_to_keep"] = logits_to_keep
-        if block_attention is not None and self.needs_block_spec:
-            kw["block_attention"] = block_attention
         out = self.model(**kw)
         logits = out.logits if hasattr(out, "logits") else out[0]
         if logits_to_keep and logits.shape[1] > logits_to_keep:
@@ -201,7 +187,7 @@ class ModelAdapter:
 
     __call__ = forward
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def hidden_states(self, input_ids: torch.Tensor, attention: AttentionLayout | torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final-layer hidden states ``[b, t, hidden]`` (after the final norm, before the LM head).
 
@@ -209,7 +195,7 @@ class ModelAdapter:
         ``train/init_trado_value_model.py`` at 10b4fd1).
         Mask and position conventions as in :meth:`forward`.
         """
-        kw = self._prep(input_ids, attention_mask, position_ids, None)
+        kw = self._prep(input_ids, attention, position_ids, None)
         backbone = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
         out = backbone(**kw)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
@@ -219,21 +205,13 @@ class ModelAdapter:
         return SlotKVCache(batch, max_len)
 
     # -------------------------------------------------------------------- attention
-    @property
-    def needs_block_spec(self) -> bool:
-        """True when the attention backend reads the block structure from a
-        :class:`dllm_bench.samplers.attention.BlockAttentionSpec` (``triton``, ``flex``)
-        instead of the 4-D mask; samplers then pass ``block_attention=`` to :meth:`forward`."""
-        return self.attn_backend in BLOCK_SPEC_BACKENDS
-
     def set_attn_backend(self, name: str) -> None:
         """Switch the attention implementation.
 
         ``sdpa`` / ``eager``: transformers' own, driven by the 4-D boolean mask.
-        ``triton`` / ``flex``: the block-diffusion kernels of
-        :mod:`dllm_bench.samplers.attention` (block-causal layouts only; callers pass a
-        ``BlockAttentionSpec``). Any other name must be registered with transformers'
-        ``AttentionInterface``.
+        ``triton`` / ``flex``: the block-diffusion backends of :mod:`dllm_bench.models.attention`,
+        driven by the :class:`AttentionLayout` passed to :meth:`forward`. Any other name must be
+        registered with transformers' ``AttentionInterface``.
 
         Raises:
             BadInputError: unknown name.
@@ -241,8 +219,8 @@ class ModelAdapter:
         if name == self.attn_backend:
             return
         impl = name
-        if name in BLOCK_SPEC_BACKENDS:
-            from dllm_bench.samplers.attention import TRANSFORMERS_ATTN_NAMES, register_transformers_attention
+        if name in LAYOUT_BACKENDS:
+            from .attention import TRANSFORMERS_ATTN_NAMES, register_transformers_attention
 
             register_transformers_attention()
             impl = TRANSFORMERS_ATTN_NAMES[name]
@@ -250,7 +228,7 @@ class ModelAdapter:
             from transformers import AttentionInterface
 
             if name not in AttentionInterface._global_mapping:
-                known = sorted({"sdpa", "eager", *BLOCK_SPEC_BACKENDS} | set(AttentionInterface._global_mapping))
+                known = sorted({"sdpa", "eager", *LAYOUT_BACKENDS} | set(AttentionInterface._global_mapping))
                 raise BadInputError(f"unknown attention backend {name!r}; known: {', '.join(known)}")
         try:
             self.model.set_attn_implementation(impl)
