@@ -6,9 +6,9 @@ Shapes (GPU, bf16, GQA like Qwen3-8B: 32 query heads / 8 key-value heads, head d
   tokens plus the block (JetEngine's decode attention, dLLM-RL
   ``sample/jetengine_ext/layers/attention.py`` at 10b4fd1), batch 8 / 16 / 32; uniform lengths
   (SDPA then needs no mask) and ragged left padding (``kv_start``; SDPA needs a mask).
-* **training**: the staircase mask over ``[prompt ; clean ; masked copy]`` (dLLM-RL
-  ``train/rl_trado.py`` at 10b4fd1; DiRL, arXiv 2512.22234, §4.1),
-  forward and forward+backward.
+* **training**: the staircase layout over ``[prompt ; clean ; masked copy]`` (dLLM-RL
+  ``train/rl_trado.py`` at 10b4fd1; DiRL, arXiv 2512.22234, §4.1), forward and
+  forward+backward, FlexAttention vs SDPA (the Triton kernels are inference-only).
 * **sampler** (optional, when ``dllm_bench`` and pydantic import): ``block-static`` tokens/s
   on a ~45M-parameter ``tiny-block-dlm`` per attention backend.
 
@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 import traceback
+import types
 from pathlib import Path
 
 import torch
@@ -48,22 +49,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_package():
-    """``dllm_bench.samplers.attention`` / ``triton_attention``, installed or from this checkout."""
+    """``dllm_bench.models.attention`` / ``triton_attention``, installed or from this checkout (then
+    without running ``dllm_bench.models``' own ``__init__``, which needs transformers)."""
     try:
-        import dllm_bench.samplers  # noqa: F401  (installed package?)
+        import dllm_bench.models  # noqa: F401  (installed package?)
     except ImportError:
-        for name, folder in (("dllm_bench", "harness"), ("dllm_bench.samplers", "samplers")):
-            spec = importlib.util.spec_from_file_location(
-                name, ROOT / folder / "__init__.py", submodule_search_locations=[str(ROOT / folder)])
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[name] = mod
-            spec.loader.exec_module(mod)
-    from dllm_bench.samplers import attention, triton_attention
+        spec = importlib.util.spec_from_file_location(
+            "dllm_bench", ROOT / "harness" / "__init__.py", submodule_search_locations=[str(ROOT / "harness")])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["dllm_bench"] = mod
+        spec.loader.exec_module(mod)
+        models = types.ModuleType("dllm_bench.models")
+        models.__path__ = [str(ROOT / "harness" / "models")]
+        sys.modules["dllm_bench.models"] = models
+    from dllm_bench.models import attention, layout, triton_attention
 
-    return attention, triton_attention
+    return attention, triton_attention, layout
 
 
-attn, tattn = _load_package()
+attn, tattn, lay = _load_package()
 CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
 
@@ -178,7 +182,7 @@ def decode_case(batch: int, ctx: int, B: int, hq: int, hkv: int, d: int, dtype, 
     kv_start = None
     if ragged:  # up to a quarter of the context is left padding, different per row
         kv_start = torch.randint(0, ctx // 4, (batch,), generator=gen, device=DEV, dtype=torch.int32)
-    spec = attn.BlockAttentionSpec(block_size=B, kv_start=kv_start)
+    spec = lay.AttentionLayout(block_size=B, kv_start=kv_start)
 
     def make():
         return (torch.randn(batch, hq, B, d, device=DEV, dtype=dtype, generator=gen),
@@ -195,17 +199,17 @@ def decode_case(batch: int, ctx: int, B: int, hq: int, hkv: int, d: int, dtype, 
            "n_kv_heads": hkv, "head_dim": d, "dtype": str(dtype).replace("torch.", ""), "ragged": ragged,
            "input_sets": len(sets), "bytes": nbytes, "flops": flops, "results": {}}
     res = row["results"]
-    ref = attn.attention_reference(q.float(), k.float(), v.float(), spec=spec, dtype=torch.float32)
+    ref = attn.attention_reference(q.float(), k.float(), v.float(), layout=spec, dtype=torch.float32)
 
     # Triton: the default heuristic, then a sweep of split counts
-    cfg = tattn.default_config(B, kv_len, hq // hkv, d, batch, hkv, DEV, False, False)
-    out = tattn.block_attention(q, k, v, spec=spec)
+    cfg = tattn.default_config(B, kv_len, hq // hkv, d, batch, hkv, DEV)
+    out = tattn.block_attention(q, k, v, layout=spec)
     row["triton_rel_err"] = sig(rel_err(out, ref), 3)
 
     def t_triton(splits):
         def fn():
             qq, kk, vv = next(cyc)
-            return tattn.block_attention(qq, kk, vv, spec=spec, num_splits=splits)
+            return tattn.block_attention(qq, kk, vv, layout=spec, num_splits=splits)
         return fn
 
     res["triton"] = result(bench(t_triton(None)), flops, nbytes, num_splits=cfg["num_splits"])
@@ -218,7 +222,7 @@ def decode_case(batch: int, ctx: int, B: int, hq: int, hkv: int, d: int, dtype, 
         res["triton_best_splits"] = result(sweep[best], flops, nbytes, num_splits=best)
 
     # SDPA: no mask when uniform (all keys visible), the dense boolean mask when ragged
-    mask = attn.block_attention_mask(spec, batch, B, kv_len, DEV) if ragged else None
+    mask = spec.dense(batch, B, kv_len, DEV) if ragged else None
     sd = {}
     for name, fn0 in sdpa_variants(q, k, v, mask).items():
         def run(fn0=fn0):
@@ -230,12 +234,12 @@ def decode_case(batch: int, ctx: int, B: int, hq: int, hkv: int, d: int, dtype, 
 
     # FlexAttention (compiled on CUDA) with the spec's BlockMask
     def run_flex():
-        o = attn.flex_attention(q, k, v, spec=spec)
+        o = attn.flex_attention(q, k, v, layout=spec)
         err = rel_err(o, ref)
 
         def fn():
             qq, kk, vv = next(cyc)
-            return attn.flex_attention(qq, kk, vv, spec=spec)
+            return attn.flex_attention(qq, kk, vv, layout=spec)
         return result(bench(fn), flops, nbytes, rel_err=sig(err, 3))
 
     res["flex"] = try_run(run_flex)
@@ -248,8 +252,8 @@ def decode_case(batch: int, ctx: int, B: int, hq: int, hkv: int, d: int, dtype, 
             row["speedup_triton_best_splits_vs_best_baseline"] = round(
                 base[best_name] / res["triton_best_splits"]["ms"], 3)
         # the same comparison without launch overhead (CUDA-graph replay, one input set)
-        graph_fns = {"triton": lambda: tattn.block_attention(q, k, v, spec=spec),
-                     "flex": lambda: attn.flex_attention(q, k, v, spec=spec)}
+        graph_fns = {"triton": lambda: tattn.block_attention(q, k, v, layout=spec),
+                     "flex": lambda: attn.flex_attention(q, k, v, layout=spec)}
         sd_best = min((n for n in base if n.startswith("sdpa")), key=base.get, default=None)
         if sd_best is not None:
             graph_fns[sd_best] = sdpa_variants(q, k, v, mask)[sd_best]
@@ -273,16 +277,16 @@ def tune_case(batch: int, ctx: int, splits: list[int]) -> dict:
     q = torch.randn(batch, hq, B, d, device=DEV, dtype=torch.bfloat16)
     k = torch.randn(batch, hkv, kv_len, d, device=DEV, dtype=torch.bfloat16)
     v = torch.randn(batch, hkv, kv_len, d, device=DEV, dtype=torch.bfloat16)
-    spec = attn.BlockAttentionSpec(block_size=B)
-    ref = attn.attention_reference(q.float(), k.float(), v.float(), spec=spec, dtype=torch.float32)
+    spec = lay.AttentionLayout(block_size=B)
+    ref = attn.attention_reference(q.float(), k.float(), v.float(), layout=spec, dtype=torch.float32)
     nbytes = (2 * batch * hkv * kv_len * d + 2 * batch * hq * B * d) * 2
     rows = []
     for cfg in TUNE_CONFIGS:
         for s in splits:
             def run(cfg=cfg, s=s):
-                out = tattn.block_attention(q, k, v, spec=spec, num_splits=s, config=cfg)
+                out = tattn.block_attention(q, k, v, layout=spec, num_splits=s, config=cfg)
                 err = rel_err(out, ref)
-                ms = bench_graph(lambda: tattn.block_attention(q, k, v, spec=spec, num_splits=s, config=cfg))
+                ms = bench_graph(lambda: tattn.block_attention(q, k, v, layout=spec, num_splits=s, config=cfg))
                 return {**cfg, "num_splits": s, "graph_ms": sig(ms) if ms else None,
                         "GBps": sig(nbytes / ms / 1e6) if ms else None, "rel_err": sig(err, 3)}
             rows.append(try_run(run))
@@ -298,8 +302,9 @@ def training_case(batch: int, P: int, L: int, B: int, hq: int, hkv: int, d: int,
     T = P + 2 * L
     gen = torch.Generator(device=DEV).manual_seed(P + L + B)
     kv_start = torch.randint(0, max(1, P // 2), (batch,), generator=gen, device=DEV, dtype=torch.int32)
-    spec = attn.BlockAttentionSpec(block_size=B, kv_start=kv_start, copy_len=L)
-    mask = attn.block_attention_mask(spec, batch, T, T, DEV)
+    valid = torch.arange(P, device=DEV)[None, :] >= kv_start[:, None]
+    spec = lay.AttentionLayout.staircase(valid, L, B)
+    mask = spec.dense(batch, T, T, DEV)
     pairs = float(mask.sum())
     flops = 4.0 * d * hq * pairs
     esize = torch.finfo(dtype).bits // 8
@@ -314,7 +319,7 @@ def training_case(batch: int, P: int, L: int, B: int, hq: int, hkv: int, d: int,
 
     # reference (fp32) output and gradients
     qr, kr, vr = (t.detach().float().clone().requires_grad_() for t in (q, k, v))
-    ref = attn.attention_reference(qr, kr, vr, spec=spec, dtype=torch.float32)
+    ref = attn.attention_reference(qr, kr, vr, layout=spec, dtype=torch.float32)
     ref.backward(do.float())
     ref_grads = [t.grad for t in (qr, kr, vr)]
     ref = ref.detach()
@@ -322,8 +327,7 @@ def training_case(batch: int, P: int, L: int, B: int, hq: int, hkv: int, d: int,
 
     g = hq // hkv
     fns = {
-        "triton": lambda qq, kk, vv: tattn.block_attention(qq, kk, vv, spec=spec),
-        "flex": lambda qq, kk, vv: attn.flex_attention(qq, kk, vv, spec=spec),
+        "flex": lambda qq, kk, vv: attn.flex_attention(qq, kk, vv, layout=spec),
         "sdpa_mask_gqa": lambda qq, kk, vv: torch.nn.functional.scaled_dot_product_attention(
             qq, kk, vv, attn_mask=mask, enable_gqa=True),
         "sdpa_mask_repeat_kv": lambda qq, kk, vv: torch.nn.functional.scaled_dot_product_attention(
@@ -352,10 +356,10 @@ def training_case(batch: int, P: int, L: int, B: int, hq: int, hkv: int, d: int,
             row["fwd"][name] = try_run(fwd)
         row["fwd_bwd"][name] = try_run(fwd_bwd)
     for phase in ("fwd", "fwd_bwd"):
-        base = {n: r["ms"] for n, r in row[phase].items() if n != "triton" and "ms" in r}
-        if base and "ms" in row[phase]["triton"]:
-            bn = min(base, key=base.get)
-            row[f"{phase}_speedup_triton_vs_{bn}"] = round(base[bn] / row[phase]["triton"]["ms"], 3)
+        sd = {n: r["ms"] for n, r in row[phase].items() if n.startswith("sdpa") and "ms" in r}
+        if sd and "ms" in row[phase].get("flex", {}):
+            bn = min(sd, key=sd.get)
+            row[f"{phase}_speedup_flex_vs_{bn}"] = round(sd[bn] / row[phase]["flex"]["ms"], 3)
     return row
 
 
