@@ -156,7 +156,7 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
             model = auto.from_pretrained(src, trust_remote_code=trust, **load_kw)
     if gguf_file and gguf_sha:  # de-quantising a GGUF is slow (tens of seconds): keep an HF-format copy
         store_converted(model, tok, gguf_cache_dir() / gguf_sha[:32])
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to as unbound
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -172,7 +172,7 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
     if mask_id is None:
         mask_id = find_mask_id(tok, family, mask_arg or sidecar.get("mask_token"),
                                 None if sidecar.get("mask_token") else declared.get("mask_token_id"))
-    rows = int(model.get_input_embeddings().weight.shape[0])
+    rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]  # torch: attribute is Tensor | Module
     if mask_id is not None and not 0 <= mask_id < rows:
         raise BadInputError(f"mask token id {mask_id} is outside the model's {rows} embeddings")
     wsha = gguf_sha or (weights_sha256(Path(src)) if Path(src).is_dir() else None)
