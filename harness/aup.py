@@ -34,8 +34,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import BadInputError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .entries import LoadedEntry
+    from .schema import Entry
+
+# one item of curve_points' entries, returned unchanged in its points
+EntryItem = TypeVar("EntryItem", bound="Entry | LoadedEntry | str | Path")
 
 ALPHA = 3.0
 """α of the weight W (d3LLM, arXiv 2601.07568)."""
@@ -155,8 +165,8 @@ def aup_by_system(curves: Mapping[str, Iterable[Sequence[float]]], *, alpha: flo
 PARALLELISM_KNOBS = ("confidence_threshold", "denoising_steps")
 
 
-def curve_points(entries: Iterable,
-                 metric: str = "accuracy") -> dict[tuple[str, str], list[tuple[float, float, object]]]:
+def curve_points(entries: Iterable[EntryItem],
+                 metric: str = "accuracy") -> dict[tuple[str, str], list[tuple[float, float, EntryItem]]]:
     """Accuracy-vs-parallelism curves from entries (anything
     :func:`dllm_bench.entries.as_loaded` accepts: an Entry, a LoadedEntry, a path).
 
@@ -176,7 +186,7 @@ def curve_points(entries: Iterable,
     from .entries import as_loaded
     from .schema import canonical_json, sha256_text
 
-    out: dict[tuple[str, str], list[tuple[float, float, object]]] = {}
+    out: dict[tuple[str, str], list[tuple[float, float, EntryItem]]] = {}
     for item in entries:
         e = as_loaded(item).entry
         m = e.metrics.get(metric)

@@ -189,7 +189,7 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def _version_cb(value: bool):
+def _version_cb(value: bool) -> None:
     if value:
         sys.stdout.write(f"dllm-bench {__version__}\n")
         raise typer.Exit(0)
@@ -201,7 +201,7 @@ def root(
         "--version", callback=_version_cb, is_eager=True, help="Print the version and exit.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level (stderr).")] = "INFO",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Never draw progress bars.")] = False,
-):
+) -> None:
     setup_logging(log_level)
     if no_progress:
         disable_progress()
@@ -222,7 +222,7 @@ def list_cmd(
     kind: Annotated[str | None, typer.Argument(help="samplers | trainers | tasks | sandboxes (default: all)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
     check: Annotated[bool, typer.Option("--check", help="Also import each plugin (may import torch).")] = False,
-):
+) -> None:
     """List installed plugins (without importing them unless --check)."""
     from rich.table import Table
 
@@ -293,7 +293,7 @@ def eval_cmd(
         "--deterministic/--native",
         help="Deterministic mode: pin the CPU code paths (ATen, MKL, oneDNN, libm), one thread and deterministic "
              "algorithms before torch loads, so any x86-64 machine gives the same bits.")] = False,
-):
+) -> None:
     """Evaluate MODEL on TASK with SAMPLER: writes a leaderboard entry + per-sample records."""
     _deterministic(deterministic)
     if sweep:
@@ -345,7 +345,7 @@ def score_cmd(
     task_arg: Annotated[list[str] | None, typer.Option(
         "--task-arg", help="Task config key=value (repeatable).")] = None,
     data_source: Annotated[str, typer.Option(help="packaged | hub")] = "packaged",
-):
+) -> None:
     """Score saved completions without a model (re-scoring, scorer upgrades, CPU CI)."""
     from .scoring import print_result, score_predictions
 
@@ -373,7 +373,7 @@ def train_cmd(
         "--deterministic/--native",
         help="Deterministic mode: pin the CPU code paths (ATen, MKL, oneDNN, libm), one thread and deterministic "
              "algorithms before torch loads, so any x86-64 machine gives the same bits.")] = False,
-):
+) -> None:
     """Train with a trainer plugin (single process here; `accelerate launch -m dllm_bench train ...` for many)."""
     _deterministic(deterministic)
     from .outdir import claim_output
@@ -408,7 +408,7 @@ def run_cmd(
         help="Deterministic mode (the default for CPU recipes) or the machine's native kernels (default for GPU "
              "recipes).",
         show_default=False)] = None,
-):
+) -> None:
     """Run a train -> evaluate recipe; ends by printing the leaderboard table."""
     from .recipes import run_cli
 
@@ -431,7 +431,7 @@ def leaderboard_build(
         "--allow-unverified",
         help="List entries that do not verify, marked 'unverified' and never in a Δ (default: refuse them, "
              "exit 2).")] = False,
-):
+) -> None:
     """Write Markdown, CSV, JSON and a static HTML page: one systems × tasks table (rows: systems,
     columns: tasks under one protocol) plus a table per cell under another protocol.
 
@@ -456,7 +456,7 @@ def leaderboard_show(
         "--allow-unverified",
         help="List entries that do not verify, marked 'unverified' and never in a Δ (default: refuse them, "
              "exit 2).")] = False,
-):
+) -> None:
     """Print the systems × tasks tables, each with its protocol in words (entries verified first)."""
     from .leaderboard import show_cli
 
@@ -467,7 +467,7 @@ def leaderboard_show(
 @handle_errors
 def leaderboard_migrate(
     path: Annotated[Path, typer.Argument(help="An entry JSON file or a directory of entries (searched recursively).")],
-):
+) -> None:
     """Rewrite every version-1 entry under PATH as schema version 2, in place (atomic writes;
     entry ids and per-sample files untouched; running it again changes nothing)."""
     from .leaderboard import migrate_cli
@@ -492,7 +492,7 @@ def gate_cmd(
     max_nfe_increase: Annotated[float | None, typer.Option(
         help="Fail if NFE per token rises above baseline x (1 + this).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON verdicts on stdout.")] = False,
-):
+) -> None:
     """Regression gate: exit 1 on a regression, 2 when entries are not comparable or do not verify.
 
     Every entry on both sides is verified first: its samples file's sha256 and record count, and
@@ -514,7 +514,7 @@ def env_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
     deterministic: Annotated[bool, typer.Option(
         "--deterministic/--native", help="Show the environment a deterministic-mode run gets (pins applied).")] = False,
-):
+) -> None:
     """Versions, git sha, the device precisely (CPU model, ISA, torch CPU capability, threads, GPU,
     driver, CUDA / cuDNN, compute capability), the deterministic-mode pins, Docker and bubblewrap."""
     from rich.table import Table
@@ -549,7 +549,7 @@ def env_cmd(
 def schema_cmd(
     output: Annotated[Path | None, typer.Option(help="Write <name>.schema.json files into this directory.")] = None,
     name: Annotated[str | None, typer.Option(help="Only this schema (entry, sample, recipe, published).")] = None,
-):
+) -> None:
     """Print or write the JSON Schemas of entries, per-sample records, recipes and published figures."""
     from .published import SCHEMA_NAME, published_schema
     from .recipes import Recipe

@@ -57,6 +57,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger("dllm_bench.determinism")
@@ -110,7 +111,7 @@ def _with_hwcaps(tunables: str) -> str:
     return ":".join(parts + [f"glibc.cpu.hwcaps={HWCAPS_MASK}"])
 
 
-def mismatches(threads: int = 1, env: dict[str, str] | None = None) -> list[str]:
+def mismatches(threads: int = 1, env: Mapping[str, str] | None = None) -> list[str]:
     """Pinned variables whose value in ``env`` (default ``os.environ``) differs from the pin."""
     env = os.environ if env is None else env
     return [k for k, v in pins(threads).items() if env.get(k) != v]

@@ -212,7 +212,7 @@ def verify_entry(e: LoadedEntry) -> list[str]:
             continue
         for fld in ("value", "stderr"):
             x, y = getattr(m, fld), r.get(fld)
-            if (x is None) != (y is None) or (x is not None and not _close(x, y)):
+            if (x is None) != (y is None) or (x is not None and y is not None and not _close(x, y)):
                 probs.append(f"metric {name}: stored {fld} {fmt_number(x)}, recomputed {fmt_number(y)}")
                 break
         else:

@@ -18,7 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
-from .schema import Cost, Entry, HarnessInfo, Metric, ModelInfo, ProtocolKey, Repro, SamplesRef, Status, SystemKey
+from .schema import (
+    Cost,
+    Entry,
+    HarnessInfo,
+    Metric,
+    ModelInfo,
+    ProtocolKey,
+    Repro,
+    RunState,
+    SamplesRef,
+    Status,
+    SystemKey,
+)
 
 log = logging.getLogger("dllm_bench.evaluate")
 
@@ -68,7 +80,7 @@ def _unchanged_entry(path: Path, new: Entry) -> Entry | None:
 def write_entry(output: str | Path, *, protocol: ProtocolKey, system: SystemKey, model: ModelInfo,
                 seeds: dict[str, int], metrics: dict[str, Metric], costs: Iterable[Mapping[str, Any]],
                 device: Any, n_expected: int, n_done: int, n_failed: int = 0, errors: Sequence[str] = (),
-                state: str | None = None, label: str | None = None, reference: str | None = None,
+                state: RunState | None = None, label: str | None = None, reference: str | None = None,
                 keep_unchanged: bool = False) -> Entry:
     """Assemble the entry of a finished (or partly failed) run and write ``<output>/entry.json``.
 

@@ -79,7 +79,8 @@ ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16",
 
 def cpu_info() -> dict[str, Any]:
     """CPU model name, logical cores and the ISA flags of :data:`ISA_FLAGS` it offers (no torch)."""
-    model, flags = None, set()
+    model: str | None = None
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, val = line.partition(":")
@@ -153,7 +154,7 @@ def device_string() -> str:
 def collect(with_torch: bool = True) -> dict:
     """Everything ``dllm-bench env`` prints."""
     sha, dirty = git_info()
-    info = {
+    info: dict[str, Any] = {
         "dllm_bench": __version__,
         "git_sha": sha,
         "git_dirty": dirty,

@@ -282,10 +282,10 @@ def print_entry(entry: Entry) -> None:
     head.add_row("protocol / system", f"{entry.protocol_digest[:10]} / {entry.system_digest[:10]}")
     stdout_console.print(head)
     mt = Table(title="metrics")
-    for c in ("metric", "value", "stderr", "n"):
-        mt.add_column(c, justify="left" if c == "metric" else "right")
-    for name, m in entry.metrics.items():
-        mt.add_row(name, _fmt(m.value), _fmt(m.stderr), str(m.n))
+    for col in ("metric", "value", "stderr", "n"):
+        mt.add_column(col, justify="left" if col == "metric" else "right")
+    for name, metric in entry.metrics.items():
+        mt.add_row(name, _fmt(metric.value), _fmt(metric.stderr), str(metric.n))
     stdout_console.print(mt)
     c = entry.cost
     ct = Table(title="cost")

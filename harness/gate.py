@@ -127,8 +127,8 @@ def compare(entry_a: Entry | LoadedEntry | str | Path, entry_b: Entry | LoadedEn
 
 def _paired(a: LoadedEntry, b: LoadedEntry, metric: str) -> tuple[dict[str, Any] | None, str]:
     ra, rb = a.records(), b.records()
-    missing = [s.name for s, r in ((a, ra), (b, rb)) if r is None]
-    if missing:
+    if ra is None or rb is None:
+        missing = [s.name for s, r in ((a, ra), (b, rb)) if r is None]
         return None, f"no per-sample records for {', '.join(repr(m) for m in missing)}"
     xa, xb = per_problem_values(ra, metric), per_problem_values(rb, metric)
     if xa is None or xb is None:
@@ -191,7 +191,7 @@ def cost_checks(a: LoadedEntry, b: LoadedEntry, *, max_tps_drop: float | None,
     """
     out = []
     ca, cb = a.entry.cost, b.entry.cost
-    common = dict(row=b.name, task=b.entry.task, stderr=None, mode="ratio", n=None)
+    common: dict[str, Any] = dict(row=b.name, task=b.entry.task, stderr=None, mode="ratio", n=None)
     da, db = a.entry.repro.device, b.entry.repro.device
     if max_tps_drop is not None and da != db:
         out.append(Check(check="tokens/s", baseline=ca.tokens_per_s, candidate=cb.tokens_per_s,

@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import BadInputError
 from .outdir import write_atomic
@@ -150,7 +150,7 @@ class JsonlStore:
         self.path = Path(path)
         self.records: dict[Hashable, Any] = {}
         self._parse, self._dump, self._key, self._what, self._lenient = parse, dump, key, what, lenient
-        self._fh = None
+        self._fh: IO[str] | None = None
         self._failed = False  # an append failed (its record may be half written)
         self._keep: int | None = None  # length to cut the file to before the first append
         if self.path.exists():

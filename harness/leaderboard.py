@@ -175,8 +175,8 @@ def layout(entries: Sequence[LoadedEntry], reference: str | None = None) -> list
                      if reference and e.name == reference and e.verified is not False]
         chosen = ref_cells[0].entry.protocol_digest if ref_cells else \
             max(by_protocol, key=lambda d: _protocol_rank(by_protocol[d]))
-        cells = by_protocol[chosen]
-        columns.append(Column(task, cells[0].entry.protocol, _primary(cells)))
+        chosen_entries = by_protocol[chosen]
+        columns.append(Column(task, chosen_entries[0].entry.protocol, _primary(chosen_entries)))
     columns.sort(key=lambda c: (-len(by_task[c.task][c.protocol.digest()]), c.task))
     tables: list[Table] = []
     main_rows = [_row(key, [cells.get(c.protocol.digest()) for c in columns], columns)
@@ -333,13 +333,13 @@ def table_data(t: Table, reference: str | None = None) -> dict[str, Any]:
         for task, cd in cells.items():
             if cd["delta"] is None and refs_used.get((id(r), task)):
                 cd["delta"] = {"reference": None, "is_reference": True}
-        e = r.any.entry
+        en = r.any.entry
         out_rows.append({
-            "name": r.name, "label": r.label, "model": e.system.model.id, "model_path": e.repro.model.id,
-            "family": e.system.model.family, "ar_baseline": r.ar_baseline, "verified": r.verified,
-            "sampler": e.system.sampler.name, "knobs": r.knobs,
-            "sampler_config": e.system.sampler.config, "system_digest": r.system_digest,
-            "system": e.system.model_dump(mode="json"), "cells": cells,
+            "name": r.name, "label": r.label, "model": en.system.model.id, "model_path": en.repro.model.id,
+            "family": en.system.model.family, "ar_baseline": r.ar_baseline, "verified": r.verified,
+            "sampler": en.system.sampler.name, "knobs": r.knobs,
+            "sampler_config": en.system.sampler.config, "system_digest": r.system_digest,
+            "system": en.system.model_dump(mode="json"), "cells": cells,
         })
     return {
         "index": t.index, "kind": t.kind, "heading": t.heading, "differences": t.differences,
@@ -418,9 +418,9 @@ def table_columns(t: dict[str, Any]) -> list[dict[str, Any]]:
     sampler, metric, cost, delta; ``lines``: the name in parts, one per line of a terminal
     header, e.g. ``["gsm8k_calc", "Δ accuracy", "vs dLLM SFT · static"]``); the same in
     Markdown, the terminal and HTML."""
-    cols = [{"lines": ["system"], "kind": "system", "task": None},
-            {"lines": ["family"], "kind": "family", "task": None},
-            {"lines": ["sampler"], "kind": "sampler", "task": None}]
+    cols: list[dict[str, Any]] = [{"lines": ["system"], "kind": "system", "task": None},
+                                  {"lines": ["family"], "kind": "family", "task": None},
+                                  {"lines": ["sampler"], "kind": "sampler", "task": None}]
     for c in t["columns"]:
         task = c["task"]
         cols += [{"lines": [task, c["primary_metric"]], "kind": "metric", "task": task},
@@ -927,7 +927,7 @@ def build(entries: Sequence[LoadedEntry], output: str | Path, *, reference: str 
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     plots: dict[str, str] = {}
-    main = next((t for t in data["tables"] if t["kind"] == "main"), None)
+    main: dict[str, Any] = next((t for t in data["tables"] if t["kind"] == "main"), {})
     for c in main["columns"] if main else []:
         p = out / f"plot-{_slug(c['task'])}.svg"
         write_atomic(p, plot_svg(main, c["task"]))

@@ -69,6 +69,7 @@ from .schema import Entry, canonical_json, sha256_text
 
 if TYPE_CHECKING:
     from .jsonl import JsonlStore
+    from .samplers.base import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ try:
     from lm_eval.api.model import LM as _LMBase
     from lm_eval.api.registry import model_registry as _registry
 except ImportError:  # lm-eval is the optional [lmeval] extra
-    _LMBase = object  # type: ignore[assignment,misc]
+    _LMBase = object
     _registry = None
 
 ALIASES = {"threshold": "confidence_threshold", "gen_length": "max_new_tokens", "block_length": "block_size"}
@@ -95,7 +96,7 @@ def _require_lmeval() -> None:
         raise BadInputError("lm-eval is not installed: pip install 'dllm-bench[lmeval]'")
 
 
-def split_args(sampler_cls: type, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_args(sampler_cls: type[Sampler], args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Route flat ``k=v`` args to (sampler config, model args); aliases applied.
 
     ``steps`` is LLaDA's total number of denoising steps over the whole generation
@@ -142,7 +143,7 @@ def _per_block_steps(total: Any, sampler_args: dict[str, Any]) -> int:
     return total // (gen // block)
 
 
-class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
+class DllmBenchLM(_LMBase):
     """An lm-eval ``LM`` that generates with a dllm-bench sampler plugin.
 
     Args:
@@ -205,13 +206,13 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
         self._device = self.adapter.device
 
     # ------------------------------------------------------------------ lm-eval API
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         raise NotImplementedError(
             "dllm-bench does not compute log-likelihoods: a masked diffusion LM has no exact likelihood, only a "
             "Monte-Carlo ELBO (a bound whose value depends on the estimator and its sample count) that is not "
             "comparable with autoregressive log-likelihoods. Use generate_until tasks (e.g. gsm8k).")
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         raise NotImplementedError(
             "dllm-bench does not compute rolling log-likelihoods (perplexity): masked diffusion LMs have no exact "
             "likelihood, only a non-comparable ELBO bound. Use generate_until tasks.")
@@ -227,7 +228,7 @@ class DllmBenchLM(_LMBase):  # type: ignore[misc,valid-type]
         return self.adapter.tokenizer.apply_chat_template(chat_history, tokenize=False,
                                                           add_generation_prompt=add_generation_prompt)
 
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Generate for each request ``(context, gen_kwargs)``; returns the response texts.
 
         Requests are grouped by their generation kwargs (one sampler config per group) and

@@ -44,7 +44,7 @@ class _RegistryHook(importlib.abc.MetaPathFinder):
             except Exception:  # noqa: BLE001 - never break lm-eval
                 pass
 
-        spec.loader.exec_module = exec_module
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]  # wraps this one loader instance
         return spec
 
 

@@ -44,11 +44,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import BadInputError
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger("dllm_bench.models")
 
@@ -104,7 +107,7 @@ def llada_to_llama_name(name: str) -> str:
     raise BadInputError(f"LLaDA checkpoint weight {name!r} has no LlamaForCausalLM equivalent")
 
 
-def llada_llama_config(raw: dict[str, Any]):
+def llada_llama_config(raw: dict[str, Any]) -> LlamaConfig:
     """A ``LlamaConfig`` with the same math as a released LLaDA ``config.json``.
 
     Args:
@@ -172,7 +175,8 @@ def llada_llama_config(raw: dict[str, Any]):
         vocab_size=rows, hidden_size=d, intermediate_size=int(c["mlp_hidden_size"] or int(c["mlp_ratio"]) * d),
         num_hidden_layers=int(c["n_layers"]), num_attention_heads=heads, num_key_value_heads=kv, head_dim=d // heads,
         hidden_act=act, max_position_embeddings=int(c["max_sequence_length"]), rms_norm_eps=float(c["rms_norm_eps"]),
-        rope_theta=float(c["rope_theta"]), attention_bias=False, mlp_bias=False,
+        rope_theta=float(c["rope_theta"]),  # type: ignore[call-arg]  # a parameter in transformers 4, a legacy kwarg in 5
+        attention_bias=False, mlp_bias=False,
         attention_dropout=float(c["attention_dropout"]), tie_word_embeddings=bool(c["weight_tying"]),
         eos_token_id=c.get("eos_token_id"), bos_token_id=c.get("bos_token_id"), use_cache=False,
         architectures=["LlamaForCausalLM"],
@@ -181,7 +185,7 @@ def llada_llama_config(raw: dict[str, Any]):
 
 
 def _qwen_config(class_name: str) -> Callable[[dict[str, Any]], Any]:
-    def make(raw: dict[str, Any]):
+    def make(raw: dict[str, Any]) -> PretrainedConfig:
         import transformers
 
         if raw.get("use_sliding_window"):
@@ -270,7 +274,7 @@ def declared_decoding_fields(config: dict[str, Any], generation: dict[str, Any])
     return out
 
 
-def load_tokenizer(src: str, trust_remote_code: bool, config: Any = None, **kw: Any):
+def load_tokenizer(src: str, trust_remote_code: bool, config: Any = None, **kw: Any) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer; a custom class listed in :data:`STOCK_TOKENIZERS` loads as
     its stock equivalent unless ``trust_remote_code``. ``config`` (the model's loaded config)
     spares ``AutoTokenizer`` re-reading a config.json it may not understand.
@@ -305,7 +309,8 @@ def _weight_files(src: str) -> list[Path]:
     raise BadInputError(f"no safetensors weights (model.safetensors or model.safetensors.index.json) in {src}")
 
 
-def load_native_model(layout: NativeLayout, src: str, config: Any, dtype: torch.dtype, spec: str, mt: str):
+def load_native_model(layout: NativeLayout, src: str, config: Any, dtype: torch.dtype, spec: str,
+                      mt: str) -> PreTrainedModel:
     """Build ``layout.model_class`` from the checkpoint's weights (renamed when the layout says so).
 
     Args:

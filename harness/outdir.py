@@ -279,4 +279,4 @@ def check_run(path: str | Path, ident: dict[str, Any], *, conflict: str, under: 
         return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
     diff = (differing(old.get(under), ident.get(under)) if under is not None else []) or differing(old, ident)
-    raise BadInputError(conflict.replace("{fields}", ", ".join(diff)), **({"path": p} if located else {}))
+    raise BadInputError(conflict.replace("{fields}", ", ".join(diff)), path=p if located else None)

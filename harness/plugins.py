@@ -25,11 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from .errors import BadInputError, LocatedValueError
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -73,8 +75,8 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def validate_config(model: type, data: dict[str, Any], *, what: str, source: str | None = None,
-                    line: int | Callable[[tuple], int | None] | None = None):
+def validate_config(model: type[ConfigT], data: dict[str, Any], *, what: str, source: str | None = None,
+                    line: int | Callable[[tuple], int | None] | None = None) -> ConfigT:
     """Validate ``data`` against pydantic ``model``.
 
     ``line`` is the 1-based line of ``data`` in ``source``, or a function from the failing
@@ -127,7 +129,8 @@ def check_plugin(contract: type, obj: Any) -> str | None:
         missing += [m for m in required_methods(contract) if not callable(getattr(obj, m, None))]
     if missing:
         return "missing " + ", ".join(missing)
-    if not (isinstance(obj.Config, type) and issubclass(obj.Config, BaseModel)):
+    config = getattr(obj, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
         return "Config is not a pydantic model"
     return None
 
@@ -138,7 +141,7 @@ def conform(contract: type, obj: type) -> type:
     the contract's defaults for the optional methods and the harness calls them plainly."""
     if issubclass(obj, contract):
         return obj
-    return _conformed(contract, obj)
+    return _conformed(contract, obj)  # type: ignore[arg-type]  # classes hash; mypy checks type[...] against Hashable
 
 
 @cache

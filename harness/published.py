@@ -43,7 +43,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, model_validator
 
@@ -57,7 +57,7 @@ SCHEMA_NAME = "published"
 
 Mode = Literal["static", "dynamic", "ar"]
 NotStated = Literal["not stated"]
-NOT_STATED = "not stated"
+NOT_STATED: Final = "not stated"
 
 
 # ----------------------------------------------------------------------------- file format

@@ -29,6 +29,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,11 @@ class Recipe(StrictModel):
         if self._path is None:
             return {"path": self.name, "line": None}
         return {"path": str(self._path), "line": yaml_line(self._node, loc)}
+
+    def line_of(self, *prefix: Any) -> Callable[[tuple], int | None]:
+        """The ``line`` argument of :func:`dllm_bench.plugins.validate_config` for a config
+        nested at ``prefix``: a failing field's location within it -> its recipe line."""
+        return lambda loc: self.where(*prefix, *loc)["line"]
 
     @property
     def threads(self) -> int:
@@ -262,19 +268,19 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
         cfg = _seeded(_subst(st.config, table), recipe.seed, cls.Config)
         registry.validate_config(cls.Config, cfg, what=f"stage {st.name!r} ({st.trainer}) config",
                                  source=recipe.where()["path"],
-                                 line=lambda loc, i=i: recipe.where("stages", i, "config", *loc)["line"])
+                                 line=recipe.line_of("stages", i, "config"))
         steps.append({"step": "train", "name": st.name, "trainer": st.trainer, "produces": st.produces,
                       "config": cfg, "config_sha256": sha256_text(canonical_json(cfg))})
     for i, ev in enumerate(recipe.evaluations):
         s_cls = _load_plugin(recipe, "samplers", ev.sampler, ("evaluations", i, "sampler"))
         registry.validate_config(s_cls.Config, ev.sampler_args, what=f"evaluation {ev.label!r} sampler args",
                                  source=recipe.where()["path"],
-                                 line=lambda loc, i=i: recipe.where("evaluations", i, "sampler_args", *loc)["line"])
+                                 line=recipe.line_of("evaluations", i, "sampler_args"))
         if not ev.task.startswith("lm-eval:"):
             t_cls = _load_plugin(recipe, "tasks", ev.task, ("evaluations", i, "task"))
             registry.validate_config(t_cls.Config, ev.task_args, what=f"evaluation {ev.label!r} task args",
                                      source=recipe.where()["path"],
-                                     line=lambda loc, i=i: recipe.where("evaluations", i, "task_args", *loc)["line"])
+                                     line=recipe.line_of("evaluations", i, "task_args"))
         model = table.get(_model_id(ev.model), ev.model)
         steps.append({"step": "eval", "label": ev.label, "model": model, "task": ev.task, "sampler": ev.sampler,
                       "decl": ev.model_dump(mode="json")})
@@ -478,7 +484,7 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
     process is pinned (:func:`dllm_bench.determinism.enter`) before torch is imported.
     """
     if list_only:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name, path in sorted(packaged_recipes().items()):
             r, _ = load_recipe(str(path))
             rows.append({"name": name, "description": r.description, "gpu_required": r.gpu_required})
@@ -490,8 +496,8 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
             t = Table(title="packaged recipes")
             for c in ("name", "gpu", "description"):
                 t.add_column(c)
-            for r in rows:
-                t.add_row(r["name"], "yes" if r["gpu_required"] else "no", escape(r["description"]))
+            for row in rows:
+                t.add_row(row["name"], "yes" if row["gpu_required"] else "no", escape(row["description"]))
             stdout_console.print(t)
         return
     rec, path = load_recipe(recipe)

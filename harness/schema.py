@@ -44,13 +44,13 @@ import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
 from .plugins import StrictModel
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION: Final = "2"
 READABLE_SCHEMA_VERSIONS = ("1", "2")
 
 # Sampler config fields that are the generation budget (protocol side, see the module docstring).
@@ -407,8 +407,11 @@ class Cost(StrictModel):
     peak_memory_mb: float | None = Field(None, description="Peak accelerator (or RSS) memory, MiB")
 
 
+RunState = Literal["complete", "partial", "failed"]
+
+
 class Status(StrictModel):
-    state: Literal["complete", "partial", "failed"]
+    state: RunState
     n_expected: int = Field(description="Samples expected: problems x samples per problem")
     n_done: int
     n_failed: int = 0

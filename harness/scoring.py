@@ -125,7 +125,7 @@ def read_predictions(path: str | Path, task: Task) -> list[Prediction]:
             try:
                 record = SampleRecord.model_validate(obj)
             except Exception as exc:  # noqa: BLE001 - pydantic ValidationError -> one line
-                errs = getattr(exc, "errors", lambda: [])()
+                errs: list[Any] = getattr(exc, "errors", lambda: [])()
                 msg = (f"field {'.'.join(map(str, errs[0]['loc']))!r}: {errs[0]['msg']}" if errs
                        else str(exc).splitlines()[0])
                 raise BadInputError(f"invalid sample record: {msg}", path=path, line=lineno) from None

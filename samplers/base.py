@@ -457,7 +457,7 @@ class Timer:
         self._t0 = time.perf_counter()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._sync()
         self.seconds = time.perf_counter() - self._t0
 
@@ -624,7 +624,9 @@ class DiffusionBatch:
 
         dev = model.device
         self.model, self.cfg, self.B, self.alignment = model, cfg, block_size, alignment
-        self.mask_id = model.mask_token_id
+        if model.mask_token_id is None:  # diffusion families always have one (see load_model)
+            raise BadInputError(f"{model.spec!r} has no [MASK] token: diffusion decoding needs one")
+        self.mask_id: int = model.mask_token_id
         pb = left_pad_prompts(prompts, pad_unit or block_size, model.pad_token_id, dev, alignment)
         if not model.masks_padding and not bool(pb.valid.all()):
             raise BadInputError(f"{model.spec!r} cannot mask padding (its own modeling code ignores the attention "

@@ -83,7 +83,7 @@ def check(
     unsafe_no_isolation: Annotated[bool, typer.Option(
         "--unsafe-no-isolation", help="DANGEROUS: probe the process backend without bubblewrap.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
-):
+) -> None:
     """Say which sandboxes are available here and run a probe in each.
 
     Exit code 0 when the named backend (or, without --backend, at least one) works; 1 otherwise;
@@ -124,7 +124,7 @@ def build_image_cmd(
     suite: Annotated[str, typer.Option(help="Debian suite for debootstrap.")] = "bookworm",
     mirror: Annotated[str | None, typer.Option(help="Debian mirror (default $DLLM_BENCH_DEBIAN_MIRROR "
                                                        "or http://deb.debian.org/debian).")] = None,
-):
+) -> None:
     """Build dllm-bench-sandbox:bookworm without a registry (debootstrap + docker import).
 
     The root-fs tarball is cached in $DLLM_BENCH_CACHE/sandbox (default ~/.cache/dllm-bench/sandbox).

@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,8 @@ def build_rootfs_tarball(*, suite: str = "bookworm", mirror: str | None = None, 
         with open(partial, "wb") as fh:
             tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
             gz = subprocess.run(["gzip", "-1"], stdin=tar.stdout, stdout=fh)
-            tar.stdout.close()
+            if tar.stdout is not None:  # always (stdout=PIPE)
+                tar.stdout.close()
             if tar.wait() != 0 or gz.returncode != 0:
                 raise SandboxUnavailable("packing the root fs failed (tar | gzip)")
         os.replace(partial, dest)
@@ -157,7 +159,7 @@ def build_rootfs_tarball(*, suite: str = "bookworm", mirror: str | None = None, 
 
 
 def build_image(tag: str = IMAGE, *, suite: str = "bookworm", mirror: str | None = None,
-                rebuild: bool = False, log=None) -> str:
+                rebuild: bool = False, log: Callable[[str], None] | None = None) -> str:
     """Build the sandbox image without any registry; return its id (``sha256:...``).
 
     ``debootstrap`` -> cached tarball (:func:`build_rootfs_tarball`) -> ``docker import``.
@@ -181,7 +183,7 @@ def build_image(tag: str = IMAGE, *, suite: str = "bookworm", mirror: str | None
     return client.images.get(tag).id
 
 
-def prune_stale(client=None) -> list[str]:
+def prune_stale(client: Any = None) -> list[str]:
     """Remove sandbox containers whose owning harness process (same host) is gone.
 
     A harness killed with SIGKILL cannot run its ``atexit`` cleanup; its warm containers

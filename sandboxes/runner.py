@@ -58,7 +58,7 @@ class _Quitter:
 
 
 def _read_all(fd):
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         b = os.read(fd, 1 << 20)
         if not b:
@@ -119,6 +119,8 @@ def _set_rlimits(limits):
 
 def _flush():
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is None:  # no such stream (e.g. started without a console)
+            continue
         try:
             stream.flush()
         except Exception:
@@ -166,7 +168,7 @@ def main():
     import builtins
 
     if not hasattr(builtins, "exit"):  # started with -S (no site): keep exit()/quit() working
-        builtins.exit = builtins.quit = _Quitter()
+        builtins.exit = builtins.quit = _Quitter()  # type: ignore[assignment]  # site's Quitter is private
     module = types.ModuleType("__main__")
     module.__dict__["__builtins__"] = __builtins__
     module.__dict__["__file__"] = os.path.join(workdir, "main.py")

@@ -246,7 +246,7 @@ def render_chat(messages: Sequence[Message], tokenizer: Any | None) -> str:
     tokenize=False, add_generation_prompt=True)`` (the text ends with the assistant-turn
     opening). Otherwise :func:`plain_render`.
     """
-    if chat_template_text(tokenizer) is None:
+    if tokenizer is None or chat_template_text(tokenizer) is None:
         return plain_render(messages)
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 

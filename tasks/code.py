@@ -199,6 +199,7 @@ class CodeTask(BaseTask):
                 from dllm_bench.sandboxes.backends import open_sandbox
 
                 name = self.config.sandbox
+                cfg: dict[str, Any]
                 if self.config.unsafe_no_isolation:
                     name, cfg = "process", {"unsafe_no_isolation": True}
                 else:
@@ -265,9 +266,9 @@ class CodeTask(BaseTask):
                                      stop_on_failure=self.stop_on_first_failure())
         out = self.sandbox.run(program, limits=limits or self.limits, success_marker=new_marker())
         records, _ = parse_test_lines(out.stdout, key)
-        by_index = {}
-        for r in records:
-            by_index.setdefault(r.get("i"), r)
+        by_index: dict[Any, dict[str, Any]] = {}
+        for record in records:
+            by_index.setdefault(record.get("i"), record)
         per_test = []
         for i, (name, _) in enumerate(tests):
             r = by_index.get(i)

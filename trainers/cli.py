@@ -66,13 +66,14 @@ def preflight(cfg: TrainConfig) -> None:
 
     check_model_source(str(cfg.model), dict(cfg.model_args or {}), arg_source="model_args")
     fields = type(cfg).model_fields  # trainers differ: RL needs a task, SFT a task or a data file
-    task = cfg.task if "task" in fields else None
-    data_file = cfg.data_file if "data_file" in fields else None
+    task = getattr(cfg, "task", None) if "task" in fields else None
+    data_file = getattr(cfg, "data_file", None) if "data_file" in fields else None
     if "data_file" in fields and "task" in fields and (task is None) == (data_file is None):
         raise BadInputError("sft config: give exactly one of 'task' and 'data_file'")
     if task is not None:
         t_cls = registry.load("tasks", task)
-        registry.validate_config(t_cls.Config, dict(cfg.task_args or {}), what=f"task {task!r} task_args")
+        registry.validate_config(t_cls.Config, dict(getattr(cfg, "task_args", None) or {}),
+                                 what=f"task {task!r} task_args")
     if data_file is not None:
         p = Path(data_file)
         if not p.is_file():

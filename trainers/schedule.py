@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from .config import TrainConfig
 
 
-def lr_lambda(cfg: TrainConfig, total: int):
+def lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
     """Multiplier of ``cfg.lr`` at optimizer step s (warm-up, then constant/cosine/linear)."""
 
     def f(s: int) -> float:

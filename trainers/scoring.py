@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from .trajectory import ForwardInputs, RolloutBatch, forward_plan, scatter_tokens
+from .trajectory import Family, ForwardInputs, RolloutBatch, forward_plan, scatter_tokens
 
 
-def token_logprobs(net: torch.nn.Module, batch: RolloutBatch, family: str, *, layout: str,
+def token_logprobs(net: torch.nn.Module, batch: RolloutBatch, family: Family, *, layout: str,
                    rows_per_forward: int, temperature: float, shift: int, device: torch.device,
                    banned: int | None = None) -> torch.Tensor:
     """``[b, L]`` log π(y_j | state before y_j's step) for every trainable token (0 elsewhere).
@@ -30,7 +30,7 @@ def token_logprobs(net: torch.nn.Module, batch: RolloutBatch, family: str, *, la
     return scatter_tokens(batch, forward_plan(batch, family, layout=layout, rows_per_forward=rows_per_forward), fn)
 
 
-def token_values(vnet: torch.nn.Module, batch: RolloutBatch, family: str, *, layout: str, rows_per_forward: int,
+def token_values(vnet: torch.nn.Module, batch: RolloutBatch, family: Family, *, layout: str, rows_per_forward: int,
                  device: torch.device) -> torch.Tensor:
     """``[b, L]`` values V_j read at each trainable token's trajectory step (same rows as the policy)."""
 

@@ -356,7 +356,7 @@ class ForwardInputs:
 def _segments(steps: torch.Tensor, mask: torch.Tensor, B: int) -> list[list[tuple[int, int]]]:
     """Per row, the ``(block k, step m)`` states that have at least one trainable target,
     ordered by block then step."""
-    out = []
+    out: list[list[tuple[int, int]]] = []
     blk = torch.arange(steps.shape[1]) // B
     for i in range(steps.shape[0]):
         m = mask[i]

@@ -3,12 +3,10 @@ through windows, behind transformers' :class:`~transformers.Cache` contract."""
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
-try:
-    from transformers.cache_utils import Cache as _HFCache
-except ImportError:  # pragma: no cover - very old transformers
-    _HFCache = object
+import torch
+from transformers.cache_utils import Cache as _HFCache
 
 
 class SlotKVCache(_HFCache):
@@ -74,7 +72,8 @@ class SlotKVCache(_HFCache):
         self.batch = int(rows.numel())
 
     # -- transformers Cache contract
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``key_states``/``value_states`` ``[b, h_kv, q, d]`` at the window; return the read view."""
         while len(self.keys) <= layer_idx:
             b, h, _, d = key_states.shape

@@ -138,9 +138,10 @@ def check_gguf(path: Path) -> None:
         return
     need = data_start
     for dims, gtype, offset in tensors:
-        block, type_size = GGML_QUANT_SIZES.get(gtype, (None, None))
-        if block is None:
+        sizes = GGML_QUANT_SIZES.get(gtype)
+        if sizes is None:
             raise BadInputError(f"corrupt GGUF file: unknown tensor type {gtype}", path=path)
+        block, type_size = sizes
         n = 1
         for d in dims:
             n *= d

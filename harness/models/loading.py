@@ -49,15 +49,15 @@ def _build_tiny(spec: str, args: dict[str, Any], device: torch.device, dtype: to
     _reject_unknown(spec, args, arg_source)
     cfg = tiny_config(**sizes)
     seed = int({**TINY_DEFAULTS, **sizes}["init_seed"])
-    ident = {"spec": spec, "family": family, "config": cfg.to_dict(), "init_seed": seed,
-             "tokenizer": TOKENIZER_VERSION, "block_size": block_size}
+    ident: dict[str, Any] = {"spec": spec, "family": family, "config": cfg.to_dict(), "init_seed": seed,
+                             "tokenizer": TOKENIZER_VERSION, "block_size": block_size}
     ident["config"].pop("transformers_version", None)
     config_sha = sha256_text(canonical_json(ident))
     cfg._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(cfg)
-    model.to(device=device, dtype=dtype).eval()
+    model.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]  # transformers types .to as unbound
     tok = build_byte_tokenizer()
     ad = ModelAdapter(model=model, tokenizer=tok, family=family, spec=spec,
                       mask_token_id=tok.mask_token_id if family != "ar" else None, pad_token_id=tok.pad_token_id,
@@ -117,8 +117,8 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
     gguf_sha = None
     gguf_path = str(Path(src) / gguf_file) if gguf_file else None
     if gguf_file:
-        check_gguf(Path(gguf_path))
-        gguf_sha = sha256_file(gguf_path)
+        check_gguf(Path(src) / gguf_file)
+        gguf_sha = sha256_file(Path(src) / gguf_file)
         cached = gguf_cache_dir() / gguf_sha[:32]
         if (cached / "DONE").is_file():  # converted before: a plain HF directory
             src, gguf_file = str(cached), None
@@ -154,9 +154,9 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
             model = auto.from_pretrained(src, trust_remote_code=trust, attn_implementation="sdpa", **load_kw)
         except (ValueError, TypeError):
             model = auto.from_pretrained(src, trust_remote_code=trust, **load_kw)
-    if gguf_file:  # de-quantising a GGUF is slow (tens of seconds): keep an HF-format copy
+    if gguf_file and gguf_sha:  # de-quantising a GGUF is slow (tens of seconds): keep an HF-format copy
         store_converted(model, tok, gguf_cache_dir() / gguf_sha[:32])
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to as unbound
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -172,7 +172,7 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
     if mask_id is None:
         mask_id = find_mask_id(tok, family, mask_arg or sidecar.get("mask_token"),
                                 None if sidecar.get("mask_token") else declared.get("mask_token_id"))
-    rows = int(model.get_input_embeddings().weight.shape[0])
+    rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]  # torch: attribute is Tensor | Module
     if mask_id is not None and not 0 <= mask_id < rows:
         raise BadInputError(f"mask token id {mask_id} is outside the model's {rows} embeddings")
     wsha = gguf_sha or (weights_sha256(Path(src)) if Path(src).is_dir() else None)

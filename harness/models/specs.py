@@ -3,9 +3,12 @@ tiny models built from a config (random init, seeded) with no download."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError
+
+if TYPE_CHECKING:
+    from transformers import Qwen3Config
 
 BUILTIN_SPECS = ("tiny-block-dlm", "tiny-full-dlm", "tiny-ar", "smollm2-135m")
 
@@ -22,7 +25,7 @@ TINY_DEFAULTS: dict[str, Any] = {
 TINY_FAMILY = {"tiny-block-dlm": "block-diffusion", "tiny-full-dlm": "full-diffusion", "tiny-ar": "ar"}
 
 
-def tiny_config(**sizes: Any):
+def tiny_config(**sizes: Any) -> Qwen3Config:
     """The ``Qwen3Config`` of the built-in tiny models (sizes override :data:`TINY_DEFAULTS`)."""
     from transformers import Qwen3Config
 
@@ -35,8 +38,8 @@ def tiny_config(**sizes: Any):
         vocab_size=264, hidden_size=int(s["hidden_size"]), intermediate_size=int(s["intermediate_size"]),
         num_hidden_layers=int(s["num_layers"]), num_attention_heads=heads, num_key_value_heads=kv,
         head_dim=int(s["hidden_size"]) // heads, max_position_embeddings=int(s["max_position_embeddings"]),
-        rope_theta=float(s["rope_theta"]), tie_word_embeddings=True, pad_token_id=256, eos_token_id=257,
-        bos_token_id=None, use_cache=False,
+        rope_theta=float(s["rope_theta"]),  # type: ignore[call-arg]  # a parameter in transformers 4, a legacy kwarg in 5
+        tie_word_embeddings=True, pad_token_id=256, eos_token_id=257, bos_token_id=None, use_cache=False,
     )
 
 
