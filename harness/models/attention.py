@@ -121,6 +121,7 @@ def dense_mask(q: torch.Tensor, k: torch.Tensor, layout: AttentionLayout | None,
             m = m.unsqueeze(0)
         m = m[..., :lk].to(q.device).expand(b, m.shape[1], lq, lk)
         out = m if out is None else out & m
+    assert out is not None, "_check() requires a layout or a mask"
     return out
 
 
@@ -157,6 +158,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     lq, lk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if mask is None:
+        assert layout is not None, "_check() requires a layout or a mask"
         kp = layout.kernel_params(lq, lk)
         if (kp is not None and layout.kv_start is None
                 and (kp.q_offset - kp.origin_mod) % kp.block_size == 0 and lq <= kp.block_size):
@@ -202,6 +204,7 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     _check(q, k, v, layout, mask)
     b, hq, lq, _ = q.shape
     if mask is None:
+        assert layout is not None, "_check() requires a layout or a mask"
         bm = flex_block_mask(layout, b, lq, k.shape[2], q.device)
     else:
         bm = _dense_flex_block_mask(q, k, layout, mask)
@@ -221,6 +224,8 @@ def _triton_module():
             return sys.modules[name]
         path = Path(__file__).with_name("triton_attention.py")
         spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:  # pragma: no cover - the file sits beside this one
+            raise ImportError(f"cannot load {path}")
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
@@ -288,7 +293,8 @@ def _make_hf_attention(backend: str) -> Callable:
 
     def hf_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                      value: torch.Tensor, attention_mask: torch.Tensor | None,
-                     scaling: float | None = None, dropout: float = 0.0, **kwargs: Any):
+                     scaling: float | None = None, dropout: float = 0.0,
+                     **kwargs: Any) -> tuple[torch.Tensor, None]:
         if dropout:
             raise ValueError(f"{backend} block attention has no dropout; put the model in eval() "
                              "or set attention_dropout=0")

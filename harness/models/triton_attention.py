@@ -302,8 +302,8 @@ def _forward(q, k, v, kv_start, mask, params, scale, cfg, store_lse: bool):
     out = torch.empty_like(q)
     lse = torch.empty((b, hq, lq), dtype=torch.float32, device=q.device) if store_lse else None
     if splits == 1:
-        o_buf, l_buf, sem, sos, sls = out, (lse if store_lse else out), kv_start, 0, 0
-        l_strides = lse.stride() if store_lse else (0, 0, 0)
+        o_buf, l_buf, sem, sos, sls = out, (lse if lse is not None else out), kv_start, 0, 0
+        l_strides = lse.stride() if lse is not None else (0, 0, 0)
     else:
         o_buf, l_buf, sem = _split_workspace(q.device, (b, hq, splits, lq, d), b * hkv * m_tiles)
         sos, sls = o_buf.stride(2), l_buf.stride(2)
@@ -418,6 +418,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout
     if layout is not None:
         kv_start = layout.kv_start_for(b, q.device)
     else:  # one block covering everything; the dense mask decides
+        assert mask is not None, "checked above: a layout or a mask"
         params = (max(lk, 1), lk - lq, 0, lk)
         col_any = mask.any(dim=2).any(dim=1)  # [b, lk]
         kv_start = torch.where(col_any.any(dim=1), col_any.int().argmax(dim=1), lk).to(torch.int32)
