@@ -225,7 +225,7 @@ def _triton_module():
         path = Path(__file__).with_name("triton_attention.py")
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:  # pragma: no cover - the file sits beside this one
-            raise ImportError(f"cannot load {path}")
+            raise ImportError(f"cannot load {path}") from exc
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
