@@ -27,7 +27,8 @@ the model's). Routes (fastapi + uvicorn, the optional ``serve`` extra):
 itself as its row seed (what the ``openai`` sampler sends per sample, so a sampled decode
 equals the in-process one); a request with several rows gives row i ``sample_seed(seed, i)``
 (:func:`dllm_bench.samplers.base.row_seeds`). Without ``seed`` a random one is drawn and
-reported per choice.
+reported per choice. The extra field ``seeds`` (one integer per row, rows ordered prompt by
+prompt) sets every row's seed instead (the ``openai`` sampler's ``batch_requests`` mode).
 
 **Batching.** One worker thread runs every ``sampler.generate`` call. It takes the oldest
 queued request, then for up to ``batch_window_s`` seconds adds queued requests whose
@@ -48,6 +49,9 @@ field), and per choice an extra ``dllm_bench`` object: our finish reason (``eos`
 | ``length``), the per-sample cost (``nfe``, ``generated_tokens``, ``wall_s``,
 ``forward_calls``; :meth:`dllm_bench.samplers.base.Generation.cost`), the row seed and
 ``batch_rows`` (rows in the ``generate`` call that decoded it).
+
+:func:`start_process` starts the server as a child process and waits for ``/health`` (tests,
+benchmarks, scripts that evaluate through it).
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ INSTALL_HINT = "pip install 'dllm-bench[serve]'"
 MAX_N = 128
 """Most rows (``n``) per prompt."""
 OPENAI_FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-                 "top_k", "stop", "n", "seed", "return_token_ids", "user"}
+                 "top_k", "stop", "n", "seed", "seeds", "return_token_ids", "user"}
 NEUTRAL_FIELDS = {"stream": (None, False), "echo": (None, False), "logprobs": (None, False, 0),
                   "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
                   "logit_bias": (None, {}), "suffix": (None, ""), "stream_options": (None,),
@@ -350,6 +354,12 @@ class Server:
             seed = secrets.randbits(63)
         rows = [p for p in prompts for _ in range(n)]
         seeds = [int(seed)] if len(rows) == 1 else row_seeds(int(seed), len(rows))
+        given = body.get("seeds")
+        if given is not None:
+            if not isinstance(given, list) or len(given) != len(rows) or not all(
+                    isinstance(s, int) and not isinstance(s, bool) for s in given):
+                raise BadInputError(f"seeds must be a list of {len(rows)} integers (one per row: prompts x n)")
+            seeds = [int(s) for s in given]
         fut = self.worker.submit(canonical_json(sampler.key()), sampler, rows, seeds)
         gens, batch_rows = await asyncio.wrap_future(fut)
         return gens, seeds, batch_rows
@@ -480,3 +490,54 @@ def serve(*, model: str, model_args: dict[str, Any] | None, sampler: str, sample
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         srv.worker.close()
+
+
+# ------------------------------------------------------------------------------ a server process
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago (for a server started next)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    """The JSON body of ``GET url`` (urllib; raises OSError when nothing answers)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def start_process(model: str, sampler: str, *args: str, port: int | None = None, env: dict[str, str] | None = None,
+                  timeout: float = 240.0) -> tuple[Any, str]:
+    """Start ``dllm-bench serve --model MODEL --sampler SAMPLER ARGS`` on 127.0.0.1 as a child
+    process and wait until ``/health`` answers; returns ``(Popen, root URL)`` (stderr piped).
+
+    Raises:
+        RuntimeError: the process exited first (its stderr tail in the message) or did not
+            answer within ``timeout`` seconds (it is killed).
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = port or free_port()
+    exe = Path(sys.executable).parent / "dllm-bench"
+    proc = subprocess.Popen([str(exe), "--no-progress", "serve", "--model", model, "--sampler", sampler,
+                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dllm-bench serve exited ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if get_json(root + "/health").get("status") == "ok":
+                return proc, root
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"dllm-bench serve did not answer {root}/health within {timeout:g} s")

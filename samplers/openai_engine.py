@@ -6,7 +6,10 @@ extra: ``pip install 'dllm-bench[openai]'``, imported only when the sampler is b
 thread pool), each with ``n = 1``, ``max_tokens = max_new_tokens``, ``temperature``,
 ``top_p``, ``stop``, ``top_k`` (only when > 0) and ``seed`` = the sample's seed (eval's
 ``sample_seed(seed, doc, sample)``; ``dllm-bench serve`` decodes a one-row request with
-exactly that row seed, so a sampled decode equals the in-process one). The prompt goes as
+exactly that row seed, so a sampled decode equals the in-process one). With
+``batch_requests`` (``dllm-bench serve`` only) each ``generate`` batch goes as one request
+instead: its prompts as a list, one seed per row in the extra field ``seeds``, so the server
+decodes exactly the batches an in-process run decodes, whatever the timing. The prompt goes as
 token ids by default (``prompt_format=tokens``), so the server sees exactly the tokens our
 task rendered; ``prompt_format=text`` sends their decoded text instead, for servers that
 only take text (the server re-tokenizes it). ``request_fields`` are sent as extra request
@@ -91,6 +94,9 @@ class OpenAIConfig(SamplingConfig):
     prompt_format: Literal["tokens", "text"] = Field("tokens", description="Send prompts as token ids (exactly "
                                                      "what the task rendered) or as text")
     return_token_ids: bool = Field(True, description="Ask for the choice's token_ids (vLLM, dllm-bench serve)")
+    batch_requests: bool = Field(False, description="Send each generate() batch as one request (a list of prompts "
+                                 "with per-row 'seeds'; dllm-bench serve only): the server decodes exactly eval's "
+                                 "batches")
     request_fields: dict[str, Any] = Field(default_factory=dict, description="Extra request parameters sent with "
                                            "every request (dllm-bench serve: block_size, confidence_threshold, ...)")
     server: dict[str, Any] = Field(default_factory=dict, description="Decoding settings declared for the server "
@@ -258,6 +264,12 @@ class OpenAIEngine(SamplerBase):
         """
         self.reported()
         seeds = row_seeds(seed, len(prompts))
+        if self.config.batch_requests:
+            with Timer() as timer:
+                done = self._request(model, [list(p) for p in prompts], {"seeds": seeds}, seeds)
+            for g in done:
+                g.wall_s = timer.seconds / max(1, len(prompts))
+            return done
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.config.concurrency, max(1, len(prompts))))
         try:
             with Timer() as timer:
@@ -271,16 +283,29 @@ class OpenAIEngine(SamplerBase):
         return done
 
     def _one(self, model: ModelAdapter, prompt: list[int], seed: int) -> Generation:
+        return self._request(model, prompt, {"seed": seed}, [seed])[0]
+
+    def _request(self, model: ModelAdapter, prompt: list[int] | list[list[int]], seeding: dict[str, Any],
+                 seeds: list[int]) -> list[Generation]:
+        """One completions request (a prompt, or a list of prompts); one Generation per choice."""
         o, cfg = self._openai, self.config
         extra = dict(cfg.request_fields)
         if cfg.top_k > 0:
             extra["top_k"] = cfg.top_k
         if cfg.return_token_ids:
             extra["return_token_ids"] = True
-        sent: Any = prompt if cfg.prompt_format == "tokens" else model.tokenizer.decode(prompt)
+        batch = bool(prompt) and isinstance(prompt[0], list)
+        if "seeds" in seeding:
+            extra["seeds"] = seeding["seeds"]
+
+        def text(p: list[int]) -> str:
+            return model.tokenizer.decode(p)
+
+        sent: Any = prompt if cfg.prompt_format == "tokens" else [text(p) for p in prompt] if batch else text(prompt)
         try:
             resp = self.client.completions.create(model=self._served, prompt=sent, max_tokens=cfg.max_new_tokens,
-                                                  temperature=cfg.temperature, top_p=cfg.top_p, n=1, seed=seed,
+                                                  temperature=cfg.temperature, top_p=cfg.top_p, n=1,
+                                                  seed=seeding.get("seed", self._openai.NOT_GIVEN),
                                                   stop=list(cfg.stop) or None, extra_body=extra)
         except o.APIStatusError as exc:
             if 400 <= exc.status_code < 500:
@@ -289,7 +314,10 @@ class OpenAIEngine(SamplerBase):
             raise RuntimeError(f"the server at {cfg.base_url} failed ({self.describe(exc)})") from None
         except (o.APIConnectionError, o.APITimeoutError) as exc:
             raise RuntimeError(f"cannot reach the server at {cfg.base_url} ({self.describe(exc)})") from None
-        return self._generation(model, resp.choices[0], seed)
+        choices = sorted(resp.choices, key=lambda c: c.index)
+        if len(choices) != len(seeds):
+            raise RuntimeError(f"the server at {cfg.base_url} answered {len(choices)} choices for {len(seeds)} prompts")
+        return [self._generation(model, c, s) for c, s in zip(choices, seeds)]
 
     def _generation(self, model: ModelAdapter, choice: Any, seed: int) -> Generation:
         extra = dict(getattr(choice, "model_extra", None) or {})

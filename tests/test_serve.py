@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,48 +21,26 @@ from dllm_bench.errors import BadInputError  # noqa: E402
 from dllm_bench.evaluate import run_eval  # noqa: E402
 from dllm_bench.models import load_model  # noqa: E402
 from dllm_bench.schema import SampleRecord  # noqa: E402
+from dllm_bench.serve import free_port as _free_port  # noqa: E402
+from dllm_bench.serve import get_json as _get  # noqa: E402
+from dllm_bench.serve import start_process  # noqa: E402
 
 from .conftest import REPO, VENV_BIN, sigkill_after_samples  # noqa: E402
 
 TASK = "gsm8k"
-BATCH = 3  # eval's batch size = the servers' --max-batch-size: server batches are eval's batches
+BATCH = 3  # eval's batch size = the servers' --max-batch-size
 ENV = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
 
 
 class Served:
     """A ``dllm-bench serve`` process on a free port of 127.0.0.1."""
 
     def __init__(self, model_dir: Path, sampler: str, *args: str):
-        self.port = _free_port()
-        self.root = f"http://127.0.0.1:{self.port}"
-        self.base_url = self.root + "/v1"
         self.model_dir = model_dir
-        self.proc = subprocess.Popen([str(VENV_BIN / "dllm-bench"), "--no-progress", "serve", "--model",
-                                      str(model_dir), "--sampler", sampler, "--port", str(self.port),
-                                      "--max-batch-size", str(BATCH), *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if _get(self.root + "/health") == {"status": "ok"}:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("server did not answer /health in time")
+        self.proc, self.root = start_process(str(model_dir), sampler, "--max-batch-size", str(BATCH), *args, env=ENV)
+        self.port = int(self.root.rsplit(":", 1)[1])
+        self.base_url = self.root + "/v1"
 
     def rows_per_call(self) -> list[int]:
         return _get(self.root + "/stats")["rows_per_call"]
@@ -88,7 +63,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def block_server(ckpts):
-    s = Served(ckpts["tiny-block-dlm"], "block-dynamic", "--batch-window", "0.3")
+    s = Served(ckpts["tiny-block-dlm"], "block-dynamic", "--batch-window", "1.0")
     yield s
     code, err = s.stop()
     assert code == 128 + signal.SIGTERM and "Traceback" not in err, err[-2000:]
@@ -122,13 +97,15 @@ def _openai_args(server: Served, **kw) -> dict:
 ], ids=["block-dynamic-greedy", "block-dynamic-sampled", "ar-greedy"])
 def test_openai_sampler_through_serve_equals_in_process(request, ckpts, tmp_path, family, sampler, knobs):
     """GSM8K through `dllm-bench serve` gives the same completions, seeds, verdicts, NFE and
-    finish reasons as the in-process sampler; the protocol is the same, and the server decoded
-    exactly eval's batches (so the comparison does not lean on batch invariance)."""
+    finish reasons as the in-process sampler; the protocol is the same. With `batch_requests` each
+    eval batch is one request, so the server decodes exactly eval's batches whatever the timing
+    (the comparison does not lean on batch invariance; the concurrent path is tested below)."""
     server = request.getfixturevalue("block_server" if family == "tiny-block-dlm" else "ar_server")
     before = len(server.rows_per_call())
     common = dict(task=TASK, limit=6, batch_size=BATCH, seed=5)
     remote = run_eval(model=str(ckpts[family]), model_args={"weights": False}, sampler="openai",
-                      sampler_args=_openai_args(server, **knobs), output=tmp_path / "remote", **common)
+                      sampler_args=_openai_args(server, batch_requests=True, **knobs), output=tmp_path / "remote",
+                      **common)
     assert server.rows_per_call()[before:] == [BATCH, BATCH]
     local = run_eval(model=str(ckpts[family]), sampler=sampler, sampler_args=knobs, output=tmp_path / "local",
                      **common)
@@ -285,7 +262,7 @@ def test_concurrent_requests_are_batched_and_equal_one_at_a_time(block_server):
     assert chat.choices[0].message.content == ask(rendered)[0]
     info = _get(block_server.root + "/version")
     assert info["model"]["family"] == "block-diffusion" and info["sampler"]["name"] == "block-dynamic"
-    assert info["batching"] == {"max_batch_size": BATCH, "batch_window_s": 0.3}
+    assert info["batching"] == {"max_batch_size": BATCH, "batch_window_s": 1.0}
     assert _get(block_server.base_url + "/models")["data"][0]["id"] == str(block_server.model_dir)
 
 
