@@ -332,6 +332,40 @@ def eval_cmd(
         raise typer.Exit(1)
 
 
+# ----------------------------------------------------------------------------- serve
+@app.command("serve")
+@handle_errors
+def serve_cmd(
+    model: Annotated[str, typer.Option(
+        help="Built-in spec, a local checkpoint directory, a .gguf file or a hub id (as for eval).")],
+    sampler: Annotated[str, typer.Option(help="Default sampler plugin (requests may change its config fields).")],
+    sampler_arg: Annotated[list[str] | None, typer.Option(
+        "--sampler-arg", help="Default sampler config key=value (repeatable).")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option(
+        "--model-arg", help="Model option key=value (repeatable), as for eval.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(
+        help="Model name in /v1/models and responses (default: the --model value).")] = None,
+    max_batch_size: Annotated[int, typer.Option(
+        help="Most rows per generate() call when concurrent requests share a sampler config.")] = 8,
+    batch_window: Annotated[float, typer.Option(
+        help="Seconds to wait for more requests of the same config before a generate() call.")] = 0.01,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic/--native",
+        help="Deterministic mode: pin the CPU code paths (ATen, MKL, oneDNN, libm), one thread and deterministic "
+             "algorithms before torch loads, so any x86-64 machine gives the same bits.")] = False,
+) -> None:
+    """Serve MODEL with SAMPLER over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+    /v1/models, /health, /version); concurrent requests with the same sampler config are batched."""
+    _deterministic(deterministic)
+    from .serve import serve
+
+    serve(model=model, model_args=parse_kv(model_arg, "--model-arg"), sampler=sampler,
+          sampler_args=parse_kv(sampler_arg, "--sampler-arg"), host=host, port=port,
+          served_model_name=served_model_name, max_batch_size=max_batch_size, batch_window_s=batch_window)
+
+
 # ----------------------------------------------------------------------------- score
 @app.command("score")
 @handle_errors

@@ -66,7 +66,10 @@ def _build_task(task: str, task_args: dict[str, Any], limit: int | None, data_so
     return obj, docs
 
 
-def _build_sampler(name: str, sampler_args: dict[str, Any], adapter: ModelAdapter) -> Sampler:
+def _build_sampler(name: str, sampler_args: dict[str, Any], adapter: ModelAdapter,
+                   source: str = "--sampler-arg") -> Sampler:
+    """The sampler ``name`` with ``sampler_args`` (validated; errors name ``source``), its
+    ``block_size`` / ``block_alignment`` defaulting to the model's, checked against the model."""
     from . import registry
 
     cls = registry.load("samplers", name)
@@ -76,7 +79,7 @@ def _build_sampler(name: str, sampler_args: dict[str, Any], adapter: ModelAdapte
         args["block_size"] = adapter.block_size
     if "block_alignment" in fields and args.get("block_alignment") is None:
         args["block_alignment"] = adapter.block_alignment  # recorded in the key
-    obj = registry.create("samplers", name, args, source="--sampler-arg")
+    obj = registry.create("samplers", name, args, source=source)
     obj.check_model(adapter)
     return obj
 

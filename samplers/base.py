@@ -502,9 +502,12 @@ class Sampler(ABC):
 
 class SamplerBase(Sampler):
     """Common plugin plumbing: ``Config`` instance in ``self.config``; :meth:`key`;
-    :meth:`check_model` from ``families`` (the model families the sampler decodes)."""
+    :meth:`check_model` from ``families`` (the model families the sampler decodes) and
+    ``needs_weights`` (False for samplers that decode elsewhere, e.g. on a serving engine, and
+    so accept a model loaded with ``weights=false``)."""
 
     families: ClassVar[tuple[str, ...]] = ()
+    needs_weights: ClassVar[bool] = True
 
     def __init__(self, config: StrictModel | None = None):
         self.config = config if config is not None else self.Config()
@@ -514,9 +517,13 @@ class SamplerBase(Sampler):
         return {"name": self.name, "version": self.version, "config": self.config.model_dump(mode="json")}
 
     def check_model(self, model: ModelAdapter) -> None:
-        """Raise :class:`dllm_bench.errors.BadInputError` when the model family does not fit."""
+        """Raise :class:`dllm_bench.errors.BadInputError` when the model family does not fit, or
+        the model was loaded without weights and this sampler decodes in this process."""
         from dllm_bench.errors import BadInputError
 
+        if self.needs_weights and not getattr(model, "weights_loaded", True):
+            raise BadInputError(f"sampler {self.name!r} decodes in this process and needs the model's weights; "
+                                f"{model.spec!r} was loaded with weights=false (drop that model arg)")
         if self.families and model.family not in self.families:
             raise BadInputError(f"sampler {self.name!r} needs a {' or '.join(self.families)} model; "
                                 f"{model.spec!r} is {model.family}")

@@ -64,6 +64,24 @@ def ci_run(tmp_path_factory):
     return out, p, time.time() - t0
 
 
+def sigkill_after_samples(cmd: list[str], samples: Path, n: int, env: dict[str, str]) -> list[bytes]:
+    """Start ``cmd`` (an eval), SIGKILL it once ``samples`` (its samples.jsonl) has ``n`` lines;
+    returns the whole lines written before the kill (it must have been killed, not finished)."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if samples.exists() and samples.read_bytes().count(b"\n") >= n:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    before = samples.read_bytes()
+    return before[: before.rfind(b"\n") + 1].splitlines()
+
+
 def assert_same_tree(committed: Path, fresh: Path, regenerate: str) -> None:
     """Generated files committed under ``committed`` are byte for byte what a fresh run of their
     generator wrote under ``fresh`` (same file set, same bytes); ``regenerate`` is the command

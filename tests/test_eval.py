@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,8 @@ from dllm_bench.errors import BadInputError
 from dllm_bench.evaluate import print_entry, run_eval
 from dllm_bench.models import load_model
 from dllm_bench.schema import Entry, SampleRecord, sha256_file
+
+from .conftest import sigkill_after_samples
 
 VENV_BIN = Path(sys.executable).parent
 TASK = "gsm8k_calc"
@@ -89,18 +88,8 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
            "--sampler-arg", "top_k=50", "--limit", "24", "--samples", "2", "--batch-size", "2", "--seed", "3",
            "--output", str(out)]
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     samples = out / "samples.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if samples.exists() and samples.read_bytes().count(b"\n") >= 6:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    before = samples.read_bytes()
-    done_lines = before[: before.rfind(b"\n") + 1].splitlines()
+    done_lines = sigkill_after_samples(cmd, samples, 6, env)
     assert 6 <= len(done_lines) < 48
     assert not (out / "entry.json").exists()
 

@@ -67,6 +67,9 @@ class ModelAdapter:
     attention bias); samplers then refuse any batch that needs padding."""
     gguf_file: str | None = None
     """Path of the GGUF file the weights came from (None otherwise)."""
+    weights_loaded: bool = True
+    """False for ``load_model(..., weights=False)``: the model is built on the ``meta`` device
+    (shapes, dtype and identity only); only samplers that decode elsewhere (``openai``) take it."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -------------------------------------------------------------------- properties

@@ -209,7 +209,7 @@ def check_model_args(args: dict[str, Any], source: str = "model arg") -> None:
                             f"use one of {', '.join(FAMILIES)}")
     if args.get("mask_token") is not None and not isinstance(args["mask_token"], str):
         raise BadInputError(f"{source} mask_token={args['mask_token']!r}: expected a token string")
-    for k in ("trust_remote_code", "force_ar"):
+    for k in ("trust_remote_code", "force_ar", "weights"):
         if k in args and not isinstance(args[k], bool):
             raise BadInputError(f"{source} {k}={args[k]!r}: expected true or false")
 

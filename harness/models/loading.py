@@ -46,6 +46,7 @@ def _build_tiny(spec: str, args: dict[str, Any], device: torch.device, dtype: to
     sizes = {k: args.pop(k) for k in list(args) if k in SIZE_ARGS}
     block_size = args.pop("block_size", None) or DEFAULT_BLOCK_SIZE[family]
     attn = args.pop("attn_backend", "sdpa")
+    weights = args.pop("weights", True)
     _reject_unknown(spec, args, arg_source)
     cfg = tiny_config(**sizes)
     seed = int({**TINY_DEFAULTS, **sizes}["init_seed"])
@@ -54,17 +55,33 @@ def _build_tiny(spec: str, args: dict[str, Any], device: torch.device, dtype: to
     ident["config"].pop("transformers_version", None)
     config_sha = sha256_text(canonical_json(ident))
     cfg._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(cfg)
-    model.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]  # transformers types .to as unbound
+    if weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = Qwen3ForCausalLM(cfg)
+        model.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]  # transformers types .to as unbound
+    else:
+        model = _shapes_only(lambda: Qwen3ForCausalLM(cfg), dtype)
     tok = build_byte_tokenizer()
     ad = ModelAdapter(model=model, tokenizer=tok, family=family, spec=spec,
                       mask_token_id=tok.mask_token_id if family != "ar" else None, pad_token_id=tok.pad_token_id,
                       eos_token_ids=(tok.eos_token_id,), block_size=block_size, config_sha256=config_sha,
-                      extra={"base": spec, "sizes": {**TINY_DEFAULTS, **sizes}})
+                      extra={"base": spec, "sizes": {**TINY_DEFAULTS, **sizes}}, weights_loaded=bool(weights))
     ad.set_attn_backend(attn)
     return ad
+
+
+def _shapes_only(build: Any, dtype: torch.dtype) -> Any:
+    """The model ``build()`` returns, built on the ``meta`` device: parameter shapes and dtype
+    (hence ``num_parameters``, the embedding rows) without materializing any tensor.
+
+    For ``weights=false`` (a client that only renders prompts and records the model's identity,
+    e.g. the ``openai`` sampler): the weights' identity comes from the weight files' sha256
+    (or, for built-in specs, the config), never from the tensors.
+    """
+    with torch.device("meta"):
+        model = build()
+    return model.to(dtype=dtype).eval()
 
 
 def _reject_unknown(spec: str, args: dict[str, Any], source: str = "model arg") -> None:
@@ -109,6 +126,7 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
             raise BadInputError(f"invalid sidecar: {exc}", path=path / SIDECAR) from None
     trust = bool(args.pop("trust_remote_code", False))
     args.pop("force_ar", None)
+    weights = bool(args.pop("weights", True))
     attn = args.pop("attn_backend", "sdpa")
     family_arg = args.pop("family", None)
     block_arg = args.pop("block_size", None)
@@ -144,7 +162,13 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
         raise BadInputError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
     shift = bool(sidecar.get("logits_shift", shift))
     load_kw = {"dtype": dtype, **kw}
-    if layout:
+    if not weights:
+        import transformers
+
+        auto = AutoModel if "llada" in mt else AutoModelForCausalLM
+        model = _shapes_only(lambda: getattr(transformers, layout.model_class)(config) if layout
+                             else auto.from_config(config, trust_remote_code=trust), dtype)
+    elif layout:
         # released SDAR / TraDo (Qwen3), Dream (Qwen2) and LLaDA (Llama) layouts in a stock class:
         # the diffusion behaviour comes from our 4-D masks, and the native KV cache API works.
         model = nat.load_native_model(layout, src, config, dtype, spec, mt)
@@ -154,9 +178,10 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
             model = auto.from_pretrained(src, trust_remote_code=trust, attn_implementation="sdpa", **load_kw)
         except (ValueError, TypeError):
             model = auto.from_pretrained(src, trust_remote_code=trust, **load_kw)
-    if gguf_file and gguf_sha:  # de-quantising a GGUF is slow (tens of seconds): keep an HF-format copy
+    if gguf_file and gguf_sha and weights:  # de-quantising a GGUF is slow (tens of seconds): keep an HF-format copy
         store_converted(model, tok, gguf_cache_dir() / gguf_sha[:32])
-    model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to as unbound
+    if weights:
+        model.to(device).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -172,7 +197,7 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
     if mask_id is None:
         mask_id = find_mask_id(tok, family, mask_arg or sidecar.get("mask_token"),
                                 None if sidecar.get("mask_token") else declared.get("mask_token_id"))
-    rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]  # torch: attribute is Tensor | Module
+    rows = int(model.get_input_embeddings().weight.shape[0])
     if mask_id is not None and not 0 <= mask_id < rows:
         raise BadInputError(f"mask token id {mask_id} is outside the model's {rows} embeddings")
     wsha = gguf_sha or (weights_sha256(Path(src)) if Path(src).is_dir() else None)
@@ -180,7 +205,8 @@ def _load_pretrained(spec: str, args: dict[str, Any], device: torch.device, dtyp
                       pad_token_id=int(tok.pad_token_id), eos_token_ids=tuple(int(e) for e in eos) or (0,),
                       block_size=block, logits_shift=shift, config_sha256=sidecar.get("base_config_sha256"),
                       weights_sha256=wsha, training=sidecar.get("training"),
-                      gguf_file=gguf_path, extra={"base": sidecar.get("base", spec), "source_dir": src})
+                      gguf_file=gguf_path, extra={"base": sidecar.get("base", spec), "source_dir": src},
+                      weights_loaded=weights)
     # a released block-diffusion checkpoint (SDAR / TraDo, no sidecar) decodes with blocks counted from
     # sequence position 0, as its reference generate.py does; our own checkpoints record theirs
     ad.block_alignment = sidecar.get("block_alignment") or ("absolute" if family == "block-diffusion" and not sidecar
@@ -201,7 +227,10 @@ def load_model(spec: str, *, arg_source: str = "model arg", **model_args: Any) -
             ``smollm2-135m``), a local checkpoint directory, a ``.gguf`` file, or a hub id.
         **model_args: ``dtype``, ``device``, ``family``, ``block_size``, ``mask_token``,
             ``attn_backend``, ``trust_remote_code``, ``force_ar`` (load a non-causal
-            checkpoint as ``ar`` anyway); for tiny specs also the sizes
+            checkpoint as ``ar`` anyway), ``weights`` (default true; false: tokenizer, config and
+            identity only — the model is built on the ``meta`` device, no tensor is read or
+            allocated, ``weights_sha256`` still hashes the weight files; for clients of a serving
+            engine, e.g. the ``openai`` sampler; in-process samplers refuse such a model); for tiny specs also the sizes
             (``hidden_size``, ``num_layers``, ``num_heads``, ``num_kv_heads``,
             ``intermediate_size``, ``max_position_embeddings``, ``rope_theta``, ``init_seed``).
 
