@@ -18,6 +18,14 @@
    (:class:`~dllm_bench.schema.Entry`) through :func:`dllm_bench.entry_writer.write_entry`, the
    path lm-eval tasks take too (per-sample costs summed there).
 
+Under a distributed launch (``accelerate launch``, ``dllm-bench eval --num-processes N``;
+:mod:`dllm_bench.parallel`) batch ``b`` runs on rank ``b % N``, each rank appends to
+``samples.rank<R>.jsonl`` (any records file there counts as done, whichever launch wrote it),
+and rank 0 alone folds the rank files into ``samples.jsonl`` in document order and writes the
+entry (step 4) once every rank is done; the other ranks return that entry. Every batch keeps
+its one-process composition, so the records and the entry are those of a one-process run
+(wall time aside).
+
 ``<output>/run.json`` pins the protocol and system digests and the model identity of the run:
 re-running into the same directory with a different task / sampler config / model is bad
 input (exit code 2) instead of silently mixing samples. ``--task lm-eval:<name>`` is
@@ -157,7 +165,8 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
 
     Raises:
         BadInputError: unknown plugin / model, invalid config, a sampler that does not fit the
-            model family, an output directory holding a different run.
+            model family, an output directory holding a different run, an ``lm-eval:`` task
+            under a launch of several processes.
         OSError: writing ``output`` failed (no space, read-only, ...): finished samples stay in
             ``samples.jsonl``. A read-only ``output`` that already holds this finished run's
             entry is not an error: that entry is returned.
@@ -217,6 +226,7 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
         done = sum(1 for _, d, s in items if (d.id, s) in store)
         mine = [b for i, b in enumerate(batches) if group.owns(i)]  # all of them in one process
         todo = sum(1 for b in mine for _, d, s in b if (d.id, s) not in store)
+        group.barrier()  # every rank has counted what was there before any of them writes
         if done and group.main:
             where = out / SAMPLES_FILE if not group.sharded else f"{out} (samples.jsonl and rank files)"
             console.print(f"resuming: {done} of {len(items)} samples already in {where}",

@@ -33,7 +33,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -133,22 +134,38 @@ class Ranks:
         return out
 
     def barrier(self) -> None:
-        """Wait until every rank is here (nothing in one process)."""
+        """Wait until every rank is here (nothing in one process).
+
+        Raises:
+            RunFailedError: another rank of the launch died (its connection closed) or the wait
+                passed :data:`PROCESS_GROUP_TIMEOUT`.
+        """
         if self.sharded:
             import torch.distributed as dist
 
-            dist.barrier()
+            with self._lost_peer():
+                dist.barrier()
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank; a meeting point like
-        :meth:`barrier`. ``[obj]`` in one process."""
+        :meth:`barrier` (and raising as it does). ``[obj]`` in one process."""
         if not self.sharded:
             return [obj]
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        with self._lost_peer():
+            dist.all_gather_object(out, obj)
         return out
+
+    @contextmanager
+    def _lost_peer(self) -> Iterator[None]:
+        try:
+            yield
+        except RuntimeError as exc:  # torch.distributed.DistBackendError and gloo / NCCL errors
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise RunFailedError(f"rank {self.rank} of {self.world_size} lost the other processes ({reason}); "
+                                 "finished samples are saved; re-run the same command to resume") from None
 
 
 def ranks() -> Ranks:
@@ -223,11 +240,11 @@ def spawn(num_processes: int, argv: Sequence[str]) -> int:
     :data:`FAILURE_GRACE_S` to end, then are killed.
 
     Returns:
-        the exit code: 0 when every rank succeeded, else rank 0's code when it failed, else
-        the first failed rank's.
+        the exit code: 0 when every rank succeeded, else rank 0's code when it failed (it
+        reports errors for all), else the first failed rank's (with one line naming it).
 
     Raises:
-        RunFailedError: a rank was killed by a signal (it could not say why itself).
+        RunFailedError: the first rank to fail was killed by a signal (it could not say why itself).
     """
     import torch
 
@@ -248,15 +265,13 @@ def spawn(num_processes: int, argv: Sequence[str]) -> int:
                 p.send_signal(signum)
 
     old = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, forward))}
-    first: int | None = None  # the first rank seen failing on its own
     killed: set[int] = set()
     try:
-        failed_at = 0.0
+        failed_at: float | None = None
         while any(p.poll() is None for p in procs):
-            if first is None:
-                first = next((r for r, p in enumerate(procs) if p.returncode not in (None, 0)), None)
+            if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
                 failed_at = time.monotonic()
-            elif time.monotonic() - failed_at > FAILURE_GRACE_S:
+            elif failed_at is not None and time.monotonic() - failed_at > FAILURE_GRACE_S:
                 for r, p in enumerate(procs):
                     if p.poll() is None:
                         p.kill()
@@ -265,12 +280,12 @@ def spawn(num_processes: int, argv: Sequence[str]) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    codes = [p.returncode for p in procs]
-    if first is None:
-        first = next((r for r, c in enumerate(codes) if c != 0), None)
-    if first is None:
+    codes = {r: p.returncode for r, p in enumerate(procs) if p.returncode != 0 and r not in killed}
+    if not codes:
         return 0
-    r = 0 if codes[0] != 0 and 0 not in killed else first
+    # a rank killed by a signal first (its peers' errors follow from it); else rank 0, which
+    # reports errors for all; else the first failed rank
+    r = next((r for r, c in codes.items() if c < 0), 0 if 0 in codes else min(codes))
     c = codes[r]
     if c < 0:
         raise RunFailedError(f"rank {r} of {n} was killed by {signal.Signals(-c).name}; finished samples are "

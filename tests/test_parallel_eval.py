@@ -143,6 +143,32 @@ def test_killed_two_process_run_resumes(tmp_path, reference, resume):
     _assert_same_run(entry, out, *reference)
 
 
+def test_a_rank_killed_midway_is_one_line_exit_1(tmp_path):
+    """SIGKILL rank 1 alone: rank 0 stops too (it lost its peer), the launch exits 1 naming the
+    killed rank, with no traceback; the finished records stay for a re-run."""
+    import psutil
+
+    out = tmp_path / "rank-killed"
+    proc = subprocess.Popen([str(VENV_BIN / "dllm-bench"), *_eval_argv(out, "--num-processes", "2")], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if sum(p.read_bytes().count(b"\n") for p in out.glob("samples.rank*.jsonl")) >= 4:
+                break
+            time.sleep(0.02)
+        rank1 = [c for c in psutil.Process(proc.pid).children() if c.environ().get("RANK") == "1"]
+        assert len(rank1) == 1
+        rank1[0].kill()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "rank 1 of 2 was killed by SIGKILL" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert not (out / "entry.json").exists() and list(out.glob("samples.rank*.jsonl"))
+
+
 def test_accelerate_launch_and_busy_directory(tmp_path, reference):
     """``accelerate launch --cpu --num_processes 2 -m dllm_bench eval`` gives the one-process run;
     a second writer of its directory, started while it runs, is refused with one line (exit 2)."""
