@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -104,27 +106,34 @@ def _wait_group_gone(pgid: int, timeout: float = 60) -> None:
     raise AssertionError(f"process group {pgid} still alive")
 
 
+@contextmanager
+def _two_process_run(out: Path, records: int) -> Iterator[subprocess.Popen]:
+    """A 2-process eval into ``out`` in its own process group, yielded once ``records`` records
+    are written; the whole group is killed on exit if still there."""
+    proc = subprocess.Popen([str(VENV_BIN / "dllm-bench"), *_eval_argv(out, "--num-processes", "2")], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if sum(p.read_bytes().count(b"\n") for p in out.glob("samples.rank*.jsonl")) >= records:
+                break
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("resume", ["3 processes", "1 process"])
 def test_killed_two_process_run_resumes(tmp_path, reference, resume):
     """SIGKILL every process of a 2-process run once some records exist; the re-run (3 processes,
     or one) keeps every finished record byte for byte, computes only the rest, and ends with the
-    one-process run. While it runs, a second writer of the directory is refused (rank 0 holds
-    the lock)."""
+    one-process run."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen([str(VENV_BIN / "dllm-bench"), *_eval_argv(out, "--num-processes", "2")], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if sum(p.read_bytes().count(b"\n") for p in out.glob("samples.rank*.jsonl")) >= 6:
-                break
-            time.sleep(0.02)
+    with _two_process_run(out, 6) as proc:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
     _wait_group_gone(proc.pid)  # the ranks die with their process group
     done = [line for p in sorted(out.glob("samples.rank*.jsonl")) for line in p.read_bytes().splitlines(keepends=True)
             if line.endswith(b"\n")]
@@ -149,21 +158,11 @@ def test_a_rank_killed_midway_is_one_line_exit_1(tmp_path):
     import psutil
 
     out = tmp_path / "rank-killed"
-    proc = subprocess.Popen([str(VENV_BIN / "dllm-bench"), *_eval_argv(out, "--num-processes", "2")], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if sum(p.read_bytes().count(b"\n") for p in out.glob("samples.rank*.jsonl")) >= 4:
-                break
-            time.sleep(0.02)
+    with _two_process_run(out, 4) as proc:
         rank1 = [c for c in psutil.Process(proc.pid).children() if c.environ().get("RANK") == "1"]
         assert len(rank1) == 1
         rank1[0].kill()
         _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1, stderr[-3000:]
     assert "rank 1 of 2 was killed by SIGKILL" in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert not (out / "entry.json").exists() and list(out.glob("samples.rank*.jsonl"))
@@ -229,3 +228,24 @@ def test_recipe_evaluation_under_two_processes(tmp_path):
     one, two = (Entry.load(runs[n] / "evals" / "tiny" / "entry.json") for n in ("1", "2"))
     _assert_same_run(two, runs["2"] / "evals" / "tiny", one, runs["1"] / "evals" / "tiny")
     assert (runs["2"] / "leaderboard").is_dir() and (runs["2"] / "summary.json").is_file()
+
+
+def test_sweep_under_two_processes(tmp_path):
+    """``eval --sweep`` as 2 processes: every point is the point of the one-process sweep."""
+    from dllm_bench.sweep import run_sweep
+
+    kw = dict(model="tiny-block-dlm", task=TASK, sampler="block-dynamic", limit=4, batch_size=2, seed=2)
+    sargs = {"max_new_tokens": 8, "temperature": 1.0}
+    ref = run_sweep(knob="confidence_threshold", values=[0.5, 0.9], sampler_args=sargs, output=tmp_path / "one",
+                    **kw)
+    r = _cli("--no-progress", "eval", "--model", kw["model"], "--task", TASK, "--sampler", kw["sampler"], "--limit",
+             "4", "--batch-size", "2", "--seed", "2", "--sampler-arg", "max_new_tokens=8", "--sampler-arg",
+             "temperature=1.0", "--sweep", "confidence_threshold=0.5,0.9", "--output", str(tmp_path / "two"),
+             "--json", "--num-processes", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = [Entry.model_validate(e) for e in json.loads(r.stdout)]
+    assert len(got) == 2
+    for p, e in zip(ref, got):
+        _assert_same_run(e, tmp_path / "two" / p.directory.name, p.entry, p.directory)
+    assert json.loads((tmp_path / "two" / "sweep.json").read_text()) == \
+        json.loads((tmp_path / "one" / "sweep.json").read_text())
