@@ -32,6 +32,7 @@ from .errors import (
     note_signal,
     signal_received,
 )
+from .parallel import quiet_rank
 from .sandboxes.cli import app as sandbox_app
 
 app = typer.Typer(
@@ -86,7 +87,8 @@ def handle_errors(fn: Callable | None = None, *, saved: str | None = None) -> Ca
                 # KeyboardInterrupt of a half-done import fails later): reported as the interrupt
                 _report_interrupt(intr, saved)
             if isinstance(exc, DllmBenchError):
-                print_line("error:", str(exc))
+                if not (isinstance(exc, BadInputError) and quiet_rank()):  # rank 0 reports the same input
+                    print_line("error:", str(exc))
                 raise typer.Exit(exc.exit_code) from None
             if isinstance(exc, OSError):
                 code, line = _os_error_line(exc, saved)
@@ -107,6 +109,8 @@ def _report_interrupt(intr: KeyboardInterrupt | None, saved: str | None) -> None
         typer.Exit: always, with code ``128 + signum``.
     """
     signum = getattr(intr, "signum", None) or signal_received() or signal.SIGINT
+    if quiet_rank():  # rank 0 of the launch says it for every rank
+        raise typer.Exit(128 + int(signum)) from None
     if saved:
         print_line("interrupted:", f"{saved}; re-run the same command to resume")
     else:
@@ -253,6 +257,23 @@ def list_cmd(
 
 
 # ------------------------------------------------------------------------------ eval
+NUM_PROCESSES_HELP = ("Data-parallel: run as N processes on this machine (one per GPU; gloo on CPU), each evaluating "
+                      "every N-th batch; the result is that of one process. Same as `accelerate launch "
+                      "--num_processes N -m dllm_bench ...`.")
+
+
+def _relaunch(num_processes: str | None) -> None:
+    """``--num-processes N`` > 1: run this command line again as N ranks
+    (:func:`dllm_bench.parallel.spawn`) and exit with their exit code."""
+    if num_processes is None:
+        return
+    from .parallel import parse_num_processes, spawn, strip_option
+
+    n = parse_num_processes(num_processes)
+    if n > 1:
+        raise typer.Exit(spawn(n, strip_option(sys.argv[1:], "--num-processes")))
+
+
 SAVED_SAMPLES = "finished samples are saved"
 SAVED_CHECKPOINTS = "checkpoints written so far are saved (training resumes from the last one)"
 SAVED_RECIPE = "finished stages, checkpoints and samples are saved"
@@ -293,8 +314,11 @@ def eval_cmd(
         "--deterministic/--native",
         help="Deterministic mode: pin the CPU code paths (ATen, MKL, oneDNN, libm), one thread and deterministic "
              "algorithms before torch loads, so any x86-64 machine gives the same bits.")] = False,
+    num_processes: Annotated[str | None, typer.Option(
+        "--num-processes", metavar="N", show_default=False, help=NUM_PROCESSES_HELP)] = None,
 ) -> None:
     """Evaluate MODEL on TASK with SAMPLER: writes a leaderboard entry + per-sample records."""
+    _relaunch(num_processes)
     _deterministic(deterministic)
     if sweep:
         knob, values = parse_sweep(sweep)
@@ -306,7 +330,9 @@ def eval_cmd(
                            limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
                            sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory,
                            label=label)
-        if as_json:
+        if quiet_rank():
+            pass  # rank 0 prints the results
+        elif as_json:
             print_json([p.entry.model_dump(mode="json") for p in points])
         else:
             print_summary(knob, points)
@@ -324,7 +350,9 @@ def eval_cmd(
                      model_args=parse_kv(model_arg, "--model-arg"), task_args=parse_kv(task_arg, "--task-arg"),
                      limit=limit, samples=samples, batch_size=batch_size, seed=seed, output=output,
                      sandbox=sandbox, data_source=data_source, record_trajectory=record_trajectory, label=label)
-    if as_json:
+    if quiet_rank():
+        pass  # rank 0 prints the entry
+    elif as_json:
         print_json(entry.model_dump(mode="json"))
     else:
         print_entry(entry)
@@ -442,8 +470,14 @@ def run_cmd(
         help="Deterministic mode (the default for CPU recipes) or the machine's native kernels (default for GPU "
              "recipes).",
         show_default=False)] = None,
+    num_processes: Annotated[str | None, typer.Option(
+        "--num-processes", metavar="N", show_default=False,
+        help="Run as N processes on this machine: evaluations are shared as in `eval --num-processes`, training "
+             "stages run data-parallel (DDP).")] = None,
 ) -> None:
     """Run a train -> evaluate recipe; ends by printing the leaderboard table."""
+    if not (list_ or dry_run):
+        _relaunch(num_processes)
     from .recipes import run_cli
 
     run_cli(recipe=recipe, list_only=list_, output=output, dry_run=dry_run, as_json=as_json, seed=seed,

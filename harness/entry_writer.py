@@ -52,12 +52,13 @@ def peak_memory_mb(device: Any) -> float | None:
         return None
 
 
-def sum_cost(costs: Iterable[Mapping[str, Any]], device: Any) -> Cost:
+def sum_cost(costs: Iterable[Mapping[str, Any]], device: Any, peak_mb: float | None = None) -> Cost:
     """The entry's cost block: per-sample costs (``nfe``, ``generated_tokens``, ``wall_s``,
-    optional ``forward_calls``) summed, with the peak memory on ``device``."""
+    optional ``forward_calls``) summed, with the peak memory on ``device`` (MiB), or ``peak_mb``
+    when given (the largest of the ranks of a data-parallel run)."""
     from .samplers.base import CostMeter
 
-    meter = CostMeter(peak_memory_mb=peak_memory_mb(device))
+    meter = CostMeter(peak_memory_mb=peak_mb if peak_mb is not None else peak_memory_mb(device))
     for c in costs:
         meter.add(c.get("nfe", 0), c.get("generated_tokens", 0), c.get("wall_s", 0.0), c.get("forward_calls"))
     return Cost(**meter.to_cost())
@@ -81,7 +82,7 @@ def write_entry(output: str | Path, *, protocol: ProtocolKey, system: SystemKey,
                 seeds: dict[str, int], metrics: dict[str, Metric], costs: Iterable[Mapping[str, Any]],
                 device: Any, n_expected: int, n_done: int, n_failed: int = 0, errors: Sequence[str] = (),
                 state: RunState | None = None, label: str | None = None, reference: str | None = None,
-                keep_unchanged: bool = False) -> Entry:
+                keep_unchanged: bool = False, peak_mb: float | None = None) -> Entry:
     """Assemble the entry of a finished (or partly failed) run and write ``<output>/entry.json``.
 
     Args:
@@ -99,6 +100,8 @@ def write_entry(output: str | Path, *, protocol: ProtocolKey, system: SystemKey,
         label / reference: the row label and the label of the row this one is compared against.
         keep_unchanged: when writing fails (a read-only ``output``) but the stored entry records
             this same finished run, return that entry instead of failing.
+        peak_mb: the run's peak memory in MiB when this process does not know it alone
+            (the largest over the ranks of a data-parallel evaluation); default: this process's.
 
     Returns:
         the written entry (or, see ``keep_unchanged``, the stored one).
@@ -123,7 +126,7 @@ def write_entry(output: str | Path, *, protocol: ProtocolKey, system: SystemKey,
         protocol=protocol, system=system, label=label, reference=reference,
         repro=Repro(model=model, seeds=seeds, harness=HarnessInfo(version=__version__, git_sha=sha, git_dirty=dirty),
                     libraries=library_versions(), device=device_string(), platform=platform.platform(), **extra),
-        metrics=metrics, cost=sum_cost(costs, device),
+        metrics=metrics, cost=sum_cost(costs, device, peak_mb),
         status=Status(state=state, n_expected=n_expected, n_done=n_done, n_failed=n_failed, errors=list(errors)[:20]),
         samples=SamplesRef(path=SAMPLES_FILE, sha256=sha256_file(out / SAMPLES_FILE), n_records=n_done))
     try:

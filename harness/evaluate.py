@@ -18,6 +18,14 @@
    (:class:`~dllm_bench.schema.Entry`) through :func:`dllm_bench.entry_writer.write_entry`, the
    path lm-eval tasks take too (per-sample costs summed there).
 
+Under a distributed launch (``accelerate launch``, ``dllm-bench eval --num-processes N``;
+:mod:`dllm_bench.parallel`) batch ``b`` runs on rank ``b % N``, each rank appends to
+``samples.rank<R>.jsonl`` (any records file there counts as done, whichever launch wrote it),
+and rank 0 alone folds the rank files into ``samples.jsonl`` in document order and writes the
+entry (step 4) once every rank is done; the other ranks return that entry. Every batch keeps
+its one-process composition, so the records and the entry are those of a one-process run
+(wall time aside).
+
 ``<output>/run.json`` pins the protocol and system digests and the model identity of the run:
 re-running into the same directory with a different task / sampler config / model is bad
 input (exit code 2) instead of silently mixing samples. ``--task lm-eval:<name>`` is
@@ -93,11 +101,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_run_file(path: Path, ident: dict[str, Any]) -> None:
+def _check_run_file(path: Path, ident: dict[str, Any], pin: bool = True) -> None:
     from .outdir import check_run, pin_run
 
     if not check_run(path, ident, conflict="output directory holds a run with a different {fields}; use another "
-                     "--output (or delete it) instead of mixing samples"):
+                     "--output (or delete it) instead of mixing samples") and pin:
         pin_run(path, ident)
 
 
@@ -160,12 +168,19 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
 
     Raises:
         BadInputError: unknown plugin / model, invalid config, a sampler that does not fit the
-            model family, an output directory holding a different run.
+            model family, an output directory holding a different run, an ``lm-eval:`` task
+            under a launch of several processes.
         OSError: writing ``output`` failed (no space, read-only, ...): finished samples stay in
             ``samples.jsonl``. A read-only ``output`` that already holds this finished run's
             entry is not an error: that entry is returned.
     """
+    from .parallel import ranks
+
+    group = ranks()
     if task.startswith("lm-eval:"):
+        if group.sharded:
+            raise BadInputError(f"--task {task} runs in one process; lm-eval tasks cannot be shared by "
+                                f"{group.world_size} processes (run it without a launch or --num-processes)")
         from .lmeval import run_lmeval_task
 
         return run_lmeval_task(model=model, task=task, sampler=sampler, sampler_args=sampler_args,
@@ -181,7 +196,7 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
         raise BadInputError(f"--limit must be >= 1, got {limit}")
 
     from .models import ModelAdapter, load_model
-    from .results import SampleStore
+    from .results import RunSamples, merge_rank_files
     from .samplers.base import sample_seed
 
     _seed_everything(seed)
@@ -193,7 +208,7 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
             raise BadInputError("model_args cannot be applied to an already loaded model")
         adapter = model
     else:
-        adapter = load_model(str(model), arg_source="--model-arg", **dict(model_args or {}))
+        adapter = load_model(str(model), arg_source="--model-arg", **group.model_args(model_args))
     sampler_obj = _build_sampler(sampler, dict(sampler_args or {}), adapter)
     tok = adapter.tokenizer
     minfo = ModelInfo(**adapter.model_info())
@@ -204,18 +219,23 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
     out.mkdir(parents=True, exist_ok=True)
     _check_run_file(out / RUN_FILE, {"protocol_digest": protocol.digest(), "system_digest": system.digest(),
                                      "model": minfo.id,
-                                     "weights": minfo.weights_sha256 or minfo.config_sha256, "seed": seed})
+                                     "weights": minfo.weights_sha256 or minfo.config_sha256, "seed": seed},
+                    pin=group.main)
     items = [(di, doc, si) for di, doc in enumerate(docs) for si in range(samples)]
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     errors: list[str] = []
     n_failed = 0
-    with SampleStore(out / SAMPLES_FILE) as store:
-        todo = sum(1 for _, d, s in items if (d.id, s) not in store)
-        if todo < len(items):
-            console.print(f"resuming: {len(items) - todo} of {len(items)} samples already in {out / SAMPLES_FILE}",
+    with RunSamples(out, group.rank, group.world_size) as store:
+        done = sum(1 for _, d, s in items if (d.id, s) in store)
+        mine = [b for i, b in enumerate(batches) if group.owns(i)]  # all of them in one process
+        todo = sum(1 for b in mine for _, d, s in b if (d.id, s) not in store)
+        group.barrier()  # every rank has counted what was there before any of them writes
+        if done and group.main:
+            where = out / SAMPLES_FILE if not group.sharded else f"{out} (samples.jsonl and rank files)"
+            console.print(f"resuming: {done} of {len(items)} samples already in {where}",
                           markup=False, highlight=False, soft_wrap=True)
         with progress(f"eval {task}", todo) as advance:
-            for batch in batches:
+            for batch in mine:
                 pending = [(di, d, si) for di, d, si in batch if (d.id, si) not in store]
                 if not pending:
                     continue
@@ -243,14 +263,30 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
         wanted = {(d.id, si) for _, d, si in items}
         records = [r for r in store if (r.doc_id, r.sample_index) in wanted]
     task_obj.close()
+    from .entry_writer import peak_memory_mb
 
+    # a meeting point: every rank has written its batches; rank 0 alone writes the shared files
+    parts = group.gather({"todo": todo, "n_failed": n_failed, "errors": errors,
+                          "peak_memory_mb": peak_memory_mb(adapter.device) if group.sharded else None})
+    if not group.main:
+        group.barrier()  # rank 0 writes samples.jsonl and entry.json
+        return Entry.load(out / ENTRY_FILE)
     from .entries import record_metrics
 
-    metrics = {k: Metric(**v) for k, v in record_metrics(task_obj, records).items()}
-    entry = write_entry(out, protocol=protocol, system=system, model=minfo, seeds=seeds, metrics=metrics,
-                        costs=[r.cost for r in records], device=adapter.device, n_expected=len(items),
-                        n_done=len(records), n_failed=n_failed, errors=errors, label=label, reference=reference,
-                        keep_unchanged=todo == 0)
+    try:
+        merged = merge_rank_files(out, [(d.id, si) for _, d, si in items])
+        if merged is not None:
+            records = merged
+        metrics = {k: Metric(**v) for k, v in record_metrics(task_obj, records).items()}
+        peaks = [p["peak_memory_mb"] for p in parts if p["peak_memory_mb"] is not None]
+        entry = write_entry(out, protocol=protocol, system=system, model=minfo, seeds=seeds, metrics=metrics,
+                            costs=[r.cost for r in records], device=adapter.device, n_expected=len(items),
+                            n_done=len(records), n_failed=sum(p["n_failed"] for p in parts),
+                            errors=[e for p in parts for e in p["errors"]], label=label, reference=reference,
+                            keep_unchanged=sum(p["todo"] for p in parts) == 0,
+                            peak_mb=max(peaks) if peaks else None)
+    finally:
+        group.barrier()
     state = entry.status.state
     if state == "failed" and not errors:  # pragma: no cover - defensive
         raise RunFailedError("no sample was produced")

@@ -80,10 +80,9 @@ def unusable_output(exc: OSError, directory: str | Path) -> BadInputError:
 
 def _rank0() -> bool:
     """True in a single process and on the global rank 0 of a distributed launch."""
-    rank = os.environ.get("RANK")
-    if rank is None:
-        rank = os.environ.get("LOCAL_RANK", "0")
-    return rank == "0"
+    from .parallel import env_rank
+
+    return env_rank() == 0
 
 
 def _holder_pid(lock_path: Path) -> int | None:

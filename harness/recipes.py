@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import Field, PrivateAttr, model_validator
@@ -43,6 +43,9 @@ from .errors import BadInputError, LocatedValueError, RunFailedError
 from .outdir import write_atomic
 from .plugins import StrictModel
 from .schema import canonical_json, sha256_text
+
+if TYPE_CHECKING:
+    from .parallel import Ranks
 
 log = logging.getLogger("dllm_bench.recipes")
 
@@ -374,26 +377,32 @@ def run_recipe(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     if recipe.gpu_required:
         if not torch.cuda.is_available():
             raise RunFailedError(f"recipe {recipe.name!r} needs a CUDA GPU; use --dry-run to print its plan")
+    from .parallel import ranks
+
     steps = plan(recipe, run_dir)  # everything validated before the run directory is written
+    group = ranks()  # under a launch: rank 0 writes the shared files, the others wait for it
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    if group.main:
+        write_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     summary: dict[str, Any] = {"recipe": recipe.name, "run_dir": str(run_dir), "stages": [], "entries": [],
                                "skipped": []}
     t0 = time.time()
     random.seed(recipe.seed)
     for step in steps:
         if step["step"] == "model" and step["build"]:
-            _build_model(recipe, step, summary)
+            _build_model(recipe, step, summary, group)
         elif step["step"] == "train":
-            _train(step, run_dir, summary)
+            _train(step, run_dir, summary, group)
         elif step["step"] == "eval":
-            _evaluate(recipe, step, run_dir, summary)
+            _evaluate(recipe, step, run_dir, summary, group)
     summary["wall_s"] = round(time.time() - t0, 1)
-    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    if group.main:
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def _build_model(recipe: Recipe, step: dict, summary: dict) -> None:
+def _build_model(recipe: Recipe, step: dict, summary: dict, group: Ranks) -> None:
+    """Build and save a model from its spec (rank 0 of a launch; the others wait for it)."""
     from .models import load_model
 
     path = Path(step["path"])
@@ -402,18 +411,22 @@ def _build_model(recipe: Recipe, step: dict, summary: dict) -> None:
     if _done(path / "DONE.json", digest):
         summary["skipped"].append(f"model {m.id}")
         return
-    console.print("[bold]model[/] " + escape(f"{m.id}: building {m.spec} {m.args}"))
-    args = {"init_seed": recipe.seed, **m.args}
-    adapter = load_model(m.spec, **args)
-    try:
-        adapter.save(path)
-        write_atomic(path / "DONE.json", json.dumps({"digest": digest, "num_parameters": adapter.num_parameters}))
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)  # a half-written model directory is rebuilt on re-run anyway
-        raise
+    if group.main:
+        console.print("[bold]model[/] " + escape(f"{m.id}: building {m.spec} {m.args}"))
+        args = {"init_seed": recipe.seed, **m.args}
+        adapter = load_model(m.spec, **args)
+        try:
+            adapter.save(path)
+            write_atomic(path / "DONE.json", json.dumps({"digest": digest, "num_parameters": adapter.num_parameters}))
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)  # a half-written model directory is rebuilt on re-run anyway
+            raise
+    group.barrier()
 
 
-def _train(step: dict, run_dir: Path, summary: dict) -> None:
+def _train(step: dict, run_dir: Path, summary: dict, group: Ranks) -> None:
+    """Run a training stage (every rank of a launch trains: the trainer's own data parallelism);
+    rank 0 then links its final weights and writes the stage's marker."""
     from . import registry
 
     stage_dir = run_dir / "stages" / step["name"]
@@ -421,23 +434,28 @@ def _train(step: dict, run_dir: Path, summary: dict) -> None:
     if _done(marker, step["config_sha256"]):
         summary["skipped"].append(f"stage {step['name']}")
         return
-    console.print("[bold]stage[/] " + escape(f"{step['name']}: {step['trainer']}"))
+    if group.main:
+        console.print("[bold]stage[/] " + escape(f"{step['name']}: {step['trainer']}"))
     t0 = time.time()
     trainer = registry.create("trainers", step["trainer"], step["config"], source=step["name"])
     result = trainer.train(stage_dir)
     final = Path(result.final_dir)
     expected = stage_dir / "final"
-    if final.resolve() != expected.resolve():
-        if expected.exists() or expected.is_symlink():
-            expected.unlink()
-        expected.symlink_to(final.resolve(), target_is_directory=True)
-    info = result.to_dict()
-    marker.write_text(json.dumps({"digest": step["config_sha256"], "final_dir": str(final),
-                                  "wall_s": round(time.time() - t0, 1), "result": info}, default=str))
+    if group.main:
+        if final.resolve() != expected.resolve():
+            if expected.exists() or expected.is_symlink():
+                expected.unlink()
+            expected.symlink_to(final.resolve(), target_is_directory=True)
+        info = result.to_dict()
+        marker.write_text(json.dumps({"digest": step["config_sha256"], "final_dir": str(final),
+                                      "wall_s": round(time.time() - t0, 1), "result": info}, default=str))
+    group.barrier()
     summary["stages"].append({"name": step["name"], "wall_s": round(time.time() - t0, 1)})
 
 
-def _evaluate(recipe: Recipe, step: dict, run_dir: Path, summary: dict) -> None:
+def _evaluate(recipe: Recipe, step: dict, run_dir: Path, summary: dict, group: Ranks) -> None:
+    """Run an evaluation (shared by the ranks of a launch, :func:`dllm_bench.evaluate.run_eval`);
+    rank 0 writes its marker."""
     from .evaluate import run_eval
 
     ev = EvalDecl.model_validate(step["decl"])
@@ -449,14 +467,17 @@ def _evaluate(recipe: Recipe, step: dict, run_dir: Path, summary: dict) -> None:
         summary["skipped"].append(f"eval {ev.label}")
         summary["entries"].append(str(out / "entry.json"))
         return
-    console.print("[bold]eval[/] " + escape(f"{ev.label}: {ev.task} / {ev.sampler} / {step['model']}"))
+    if group.main:
+        console.print("[bold]eval[/] " + escape(f"{ev.label}: {ev.task} / {ev.sampler} / {step['model']}"))
     entry = run_eval(model=step["model"], task=ev.task, sampler=ev.sampler, sampler_args=ev.sampler_args,
                      model_args=ev.model_args, task_args=ev.task_args, limit=ev.limit, samples=ev.samples,
                      batch_size=ev.batch_size, seed=recipe.seed, output=out, sandbox=None,
                      data_source="packaged", record_trajectory=False, label=ev.label, reference=ev.reference)
     if entry.status.state == "failed":
         raise RunFailedError(f"evaluation {ev.label!r} failed: {'; '.join(entry.status.errors[:3])}")
-    (out / "DONE.json").write_text(json.dumps({"digest": digest, "entry": str(out / "entry.json")}))
+    if group.main:
+        (out / "DONE.json").write_text(json.dumps({"digest": digest, "entry": str(out / "entry.json")}))
+    group.barrier()
     summary["entries"].append(str(out / "entry.json"))
 
 
@@ -532,6 +553,11 @@ def run_cli(*, recipe: str | None, list_only: bool, output: Path | None, dry_run
     from .outdir import claim_output
 
     claim_output(run_dir)  # one writer per run directory; before any model load
+    from .parallel import quiet_rank
+
+    if quiet_rank():  # a rank other than 0 of a launch: it shares the work; rank 0 writes and prints the rest
+        run_recipe(rec, run_dir)
+        return
     console.print(f"running recipe [bold]{escape(rec.name)}[/] ({escape(str(path))}) into {escape(str(run_dir))}"
                   f"{' (deterministic mode)' if rec.wants_deterministic() else ''}")
     summary = run_recipe(rec, run_dir)

@@ -19,7 +19,9 @@ passed to every point. Every value is validated by the sampler's pydantic Config
 directories are claimed, before the model loads: an unknown knob, an invalid value, a knob
 also given as ``--sampler-arg``, or an ``OUT`` that holds a sweep of another knob (or a
 single evaluation) is bad input (exit code 2) that writes nothing. Sweeping a knob over
-several runs into the same ``OUT`` adds the new values to ``sweep.json``.
+several runs into the same ``OUT`` adds the new values to ``sweep.json``. Under a launch
+(``accelerate launch``, ``--num-processes``) each point is shared by the ranks like any
+evaluation (:mod:`dllm_bench.parallel`) and rank 0 writes ``sweep.json``.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def run_sweep(*, knob: str, values: list[Any], model: str, task: str, sampler: s
     from .evaluate import run_eval
     from .models import load_model
     from .outdir import claim_output, write_atomic
+    from .parallel import ranks
 
     if not values:
         raise BadInputError(f"--sweep {knob}: no values")
@@ -141,10 +144,12 @@ def run_sweep(*, knob: str, values: list[Any], model: str, task: str, sampler: s
     dirs = [out / n for n in names]
     for d in dirs:
         claim_output(d, own_lock=True)  # before any model load
-    adapter = load_model(str(model), arg_source="--model-arg", **dict(model_args or {}))
+    group = ranks()  # under a launch every point is shared by the ranks; rank 0 writes the manifest
+    adapter = load_model(str(model), arg_source="--model-arg", **group.model_args(model_args))
     recorded = {p.get("dir") for p in known}
     points = known + [{"value": v, "dir": n} for v, n in zip(values, names) if n not in recorded]
-    write_atomic(out / MANIFEST, json.dumps({"knob": knob, "points": points}, indent=2) + "\n")
+    if group.main:
+        write_atomic(out / MANIFEST, json.dumps({"knob": knob, "points": points}, indent=2) + "\n")
     results = []
     for v, d in zip(values, dirs):
         entry = run_eval(model=adapter, task=task, sampler=sampler, sampler_args={**sargs, knob: v}, output=d,

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from dllm_bench.errors import BadInputError
+from dllm_bench.parallel import quiet_import_accelerate
 from dllm_bench.plugins import StrictModel
 
 from .base import Trainer
 from .config import TrainConfig
-from .engine import quiet_import_accelerate
 from .run_dir import TrainResult
 
 

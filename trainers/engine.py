@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,6 +25,7 @@ import torch
 
 from dllm_bench.errors import BadInputError
 from dllm_bench.jsonl import JsonlStore
+from dllm_bench.parallel import free_port, quiet_import_accelerate
 
 from .config import TrainConfig
 from .run_dir import RunFiles, TrainerState
@@ -36,34 +36,13 @@ CONFIG_DIR = "configs"
 DEEPSPEED_PRESETS = {"zero2": "zero2.json", "zero3": "zero3.json"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ensure_dist_env() -> None:
     """Single-process defaults for the torch.distributed env vars DeepSpeed insists on."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
-
-
-def quiet_import_accelerate() -> None:
-    """Import accelerate (and DeepSpeed, which it imports when installed) with stdout sent
-    to stderr: DeepSpeed's logger binds stdout at import time and would print there, and
-    stdout carries only results."""
-    import importlib
-    import importlib.util
-    import sys
-    from contextlib import redirect_stdout
-
-    with redirect_stdout(sys.stderr):
-        for name in ("deepspeed", "accelerate"):
-            if name not in sys.modules and importlib.util.find_spec(name) is not None:
-                importlib.import_module(name)
 
 
 def packaged_config(name: str) -> Path:
