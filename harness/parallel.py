@@ -78,10 +78,10 @@ def quiet_rank() -> bool:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (for a process group's rendezvous)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (a process group's rendezvous, a server started next)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def quiet_import_accelerate() -> None:

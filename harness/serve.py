@@ -493,15 +493,6 @@ def serve(*, model: str, model_args: dict[str, Any] | None, sampler: str, sample
 
 
 # ------------------------------------------------------------------------------ a server process
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (for a server started next)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def get_json(url: str, timeout: float = 10.0) -> Any:
     """The JSON body of ``GET url`` (urllib; raises OSError when nothing answers)."""
     import json
@@ -523,6 +514,8 @@ def start_process(model: str, sampler: str, *args: str, port: int | None = None,
     import subprocess
     import sys
     from pathlib import Path
+
+    from .parallel import free_port
 
     port = port or free_port()
     exe = Path(sys.executable).parent / "dllm-bench"

@@ -20,8 +20,8 @@ from dllm_bench import registry  # noqa: E402
 from dllm_bench.errors import BadInputError  # noqa: E402
 from dllm_bench.evaluate import run_eval  # noqa: E402
 from dllm_bench.models import load_model  # noqa: E402
+from dllm_bench.parallel import free_port as _free_port  # noqa: E402
 from dllm_bench.schema import SampleRecord  # noqa: E402
-from dllm_bench.serve import free_port as _free_port  # noqa: E402
 from dllm_bench.serve import get_json as _get  # noqa: E402
 from dllm_bench.serve import start_process  # noqa: E402
 
