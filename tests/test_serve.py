@@ -271,8 +271,8 @@ def test_lm_eval_local_completions_against_serve(block_server):
     """lm-eval's own `local-completions` model evaluates against `dllm-bench serve` and gets the
     generations our in-process lm-eval model (same sampler config, greedy) gets."""
     lm_eval = pytest.importorskip("lm_eval", reason="lm-eval (the [lmeval] extra) is not installed")
-    pytest.importorskip("tenacity", reason="lm-eval's API models need lm-eval[api] (tenacity), which "
-                        "requirements/cpu.lock does not pin")
+    pytest.importorskip("tenacity", reason="lm-eval's API models need lm-eval[api] (tenacity): "
+                        "pip install 'dllm-bench[lmeval]'")
     from dllm_bench.lmeval import _task_manager
 
     tm = _task_manager(str((REPO / "tests" / "fixtures" / "lmeval").resolve()))
