@@ -88,6 +88,19 @@ def yaml_line(node: Any, loc: tuple | list) -> int | None:
     return line
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSONL ``text``: split at ``\n`` only (a trailing ``\r`` dropped).
+
+    Not ``str.splitlines()``: that also splits at U+0085, U+2028, U+2029 (and \\x1c-\\x1e),
+    which JSON strings may hold unescaped (``json.dumps(..., ensure_ascii=False)`` writes them
+    as they are), e.g. a completion whose bytes decode to U+0085.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def iter_jsonl_objects(text: str, path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(1-based line number, object)`` for every non-blank line of JSONL ``text``.
 
@@ -95,7 +108,7 @@ def iter_jsonl_objects(text: str, path: str | Path) -> Iterator[tuple[int, dict[
         BadInputError: malformed JSON or a line that is not a JSON object, naming ``path``
             and the line.
     """
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -164,7 +177,7 @@ class JsonlStore:
         if raw and not raw.endswith(b"\n"):  # a run was killed while writing the last line
             keep = raw[: raw.rfind(b"\n") + 1]
             self._keep = len(keep)
-        for i, line in enumerate(decode_utf8(keep, self.path, self._what).splitlines(), start=1):
+        for i, line in enumerate(jsonl_lines(decode_utf8(keep, self.path, self._what)), start=1):
             if not line.strip():
                 continue
             try:

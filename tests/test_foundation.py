@@ -160,6 +160,24 @@ def test_sample_store_drops_partial_last_line(tmp_path: Path):
     assert len(lines) == 4 and all(json.loads(x) for x in lines)
 
 
+def test_sample_store_keeps_completions_with_unicode_line_separators(tmp_path: Path):
+    """JSON writers leave U+0085 / U+2028 / U+2029 / \\x1c-\\x1e unescaped inside strings (a
+    random byte-level model emits them: bytes C2 85 decode to U+0085); str.splitlines() would
+    cut the record there and the run could not be re-read or resumed."""
+    from dllm_bench.jsonl import iter_jsonl_objects
+
+    odd = ["a\x85b", "c\u2028d", "e\u2029f", "g\x1ch\x1di\x1ej", "k\x0bl\x0cm"]
+    p = tmp_path / "samples.jsonl"
+    with SampleStore(p) as s:
+        for i, text in enumerate(odd):
+            s.append(_rec(i).model_copy(update={"completion": text}))
+    assert p.read_bytes().count(b"\n") == len(odd)
+    with SampleStore(p) as s:
+        assert [s.records[(f"d{i}", 0)].completion for i in range(len(odd))] == odd
+        s.append(_rec(len(odd)))  # resuming appends after them
+    assert [obj["completion"] for _, obj in iter_jsonl_objects(p.read_text(encoding="utf-8"), p)] == [*odd, "5"]
+
+
 def test_sample_store_bad_line_names_file_and_line(tmp_path: Path):
     p = tmp_path / "samples.jsonl"
     p.write_text(_rec(0).model_dump_json() + "\n" + '{"doc_id": 1}\n')

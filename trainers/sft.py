@@ -28,7 +28,6 @@ Every response token therefore has the same weight whatever the micro-batching.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -129,15 +128,13 @@ class SFT(Trainer):
         path = Path(cfg.data_file)
         if not path.is_file():
             raise BadInputError("data file not found", path=path)
+        from dllm_bench.jsonl import iter_jsonl_objects, read_text
+
         pairs = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                pairs.append((str(row["prompt"]), str(row["response"])))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise BadInputError("expected a JSON object with 'prompt' and 'response'", path=path, line=n) from None
+        for n, row in iter_jsonl_objects(read_text(path, "SFT data file"), path):
+            if "prompt" not in row or "response" not in row:
+                raise BadInputError("expected a JSON object with 'prompt' and 'response'", path=path, line=n)
+            pairs.append((str(row["prompt"]), str(row["response"])))
         return pairs
 
     def tokenize(self, adapter: ModelAdapter, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
