@@ -469,27 +469,45 @@ def serve(*, model: str, model_args: dict[str, Any] | None, sampler: str, sample
           batch_window_s: float = 0.01) -> None:
     """Load the model, build the default sampler and serve until interrupted (``dllm-bench serve``).
 
+    The listening socket is bound first, before the model loads, so an address in use (or
+    one this machine does not have) is refused at once; ``--port 0`` takes a free port, and
+    the line on stderr names the one bound.
+
     Raises:
         BadInputError: fastapi / uvicorn missing (install hint), a bad model, sampler or
-            batching option, a port outside 0..65535.
+            batching option, a port outside 0..65535, an address that cannot be bound (in
+            use, not on this machine, a privileged port).
     """
+    import os
+    import socket
+
     _, uvicorn = import_serve_deps()
     if not 0 <= port <= 65535:
         raise BadInputError(f"--port must be in 0..65535, got {port}")
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except (OSError, OverflowError) as exc:
+        errno = getattr(exc, "errno", None)
+        why = os.strerror(errno) if errno else str(exc)
+        raise BadInputError(f"cannot listen on {host}:{port}: {why}") from None
     from .console import console
     from .models import load_model
 
-    adapter = load_model(model, arg_source="--model-arg", **dict(model_args or {}))
-    srv = Server(adapter, sampler, sampler_args, served_model_name=served_model_name, max_batch_size=max_batch_size,
-                 batch_window_s=batch_window_s)
-    app = create_app(srv)
-    console.print(f"serving {srv.served_model_name} ({adapter.family}) with {sampler} on http://{host}:{port}/v1 "
-                  f"(max batch {max_batch_size} rows, window {batch_window_s:g} s)", markup=False, highlight=False,
-                  soft_wrap=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        adapter = load_model(model, arg_source="--model-arg", **dict(model_args or {}))
+        srv = Server(adapter, sampler, sampler_args, served_model_name=served_model_name,
+                     max_batch_size=max_batch_size, batch_window_s=batch_window_s)
+        app = create_app(srv)
+        port = sock.getsockname()[1]
+        console.print(f"serving {srv.served_model_name} ({adapter.family}) with {sampler} on http://{host}:{port}/v1 "
+                      f"(max batch {max_batch_size} rows, window {batch_window_s:g} s)", markup=False,
+                      highlight=False, soft_wrap=True)
+        try:
+            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        finally:
+            srv.worker.close()
     finally:
-        srv.worker.close()
+        sock.close()
 
 
 # ------------------------------------------------------------------------------ a server process

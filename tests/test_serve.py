@@ -207,6 +207,21 @@ def test_server_errors_are_one_line_with_the_right_exit_code(block_server, ckpts
     assert p.returncode == 2 and "weights=false" in _error_line(p)
 
 
+def test_serve_refuses_an_address_in_use_before_loading_the_model(tmp_path):
+    """The listening socket is bound before the model loads: a port another process holds is
+    one line and exit 2 (not uvicorn's startup-failure exit 3), and no model is built."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        p = _cli("serve", "--model", str(tmp_path / "no-such-model"), "--sampler", "ar", "--port", str(port))
+    line = _error_line(p)
+    assert p.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in line and "in use" in line, line
+    assert "no-such-model" not in p.stderr  # refused before the (missing) model was looked at
+
+
 def test_rejected_request_is_bad_input_and_the_server_answers_openai_errors(block_server, ckpts):
     model = load_model(str(ckpts["tiny-block-dlm"]), weights=False)
     s = registry.create("samplers", "openai", {"base_url": block_server.base_url, "max_new_tokens": 4})
