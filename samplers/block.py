@@ -74,7 +74,7 @@ decoded position; greedy is ``temperature = 0`` (the reference divides by the te
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
@@ -126,7 +126,11 @@ class BlockDynamicConfig(BlockStaticConfig):
 
 class _BlockSampler(SamplerBase):
     families = ("block-diffusion",)
-    dynamic: ClassVar[bool] = False
+    config: BlockStaticConfig
+
+    def confidence_threshold(self) -> float | None:
+        """The dynamic unmasking threshold; None for static decoding (the step quota only)."""
+        return None
 
     # ------------------------------------------------------------------ public API
     def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
@@ -152,7 +156,7 @@ class _BlockSampler(SamplerBase):
         B = int(cfg.block_size or model.block_size or 4)
         S = min(int(cfg.denoising_steps or B), B)
         quotas = step_quotas(B, S)
-        threshold = cfg.confidence_threshold if self.dynamic else None
+        threshold = self.confidence_threshold()
         model.set_attn_backend(cfg.attention_backend)
         dev = model.device
         seeds = row_seeds(seed, len(prompts))
@@ -224,7 +228,6 @@ class BlockStatic(_BlockSampler):
     name = "block-static"
     version = "1"
     Config = BlockStaticConfig
-    dynamic = False
 
 
 class BlockDynamic(_BlockSampler):
@@ -234,4 +237,7 @@ class BlockDynamic(_BlockSampler):
     name = "block-dynamic"
     version = "1"
     Config = BlockDynamicConfig
-    dynamic = True
+    config: BlockDynamicConfig
+
+    def confidence_threshold(self) -> float | None:
+        return self.config.confidence_threshold
