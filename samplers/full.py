@@ -115,6 +115,7 @@ class FullDiffusion(SamplerBase):
     name = "full-diffusion"
     version = "1"
     Config = FullDiffusionConfig
+    config: FullDiffusionConfig
     families = ("full-diffusion",)
 
     def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
@@ -222,7 +223,8 @@ def cache_fidelity(model: ModelAdapter, prompts: Sequence[Sequence[int]], *, blo
         distance between the two next-token distributions), ``steps`` (compared steps).
     """
     dev, B, mask_id = model.device, block_size, model.mask_token_id
-    cfg = FullDiffusionConfig(block_size=B, denoising_steps=min(denoising_steps, B), max_new_tokens=max_new_tokens)
+    S = min(denoising_steps, B)
+    cfg = FullDiffusionConfig(block_size=B, denoising_steps=S, max_new_tokens=max_new_tokens)
     st = DiffusionBatch(model, prompts, B, cfg, [0] * len(prompts), False, pad_unit=1)
     T, b = st.x.shape[1], len(prompts)
     ban = torch.tensor([mask_id], device=dev)
@@ -231,7 +233,7 @@ def cache_fidelity(model: ModelAdapter, prompts: Sequence[Sequence[int]], *, blo
         for k in range(st.n_blocks):
             s, e = st.block(k)
             caches = {"prefix": model.new_cache(b, T), "dual": model.new_cache(b, T)}
-            for j, quota in enumerate(step_quotas(B, cfg.denoising_steps)):
+            for j, quota in enumerate(step_quotas(B, S)):
                 masked, active = st.masked(s, e)
                 if not bool(active.any()):
                     break
