@@ -50,6 +50,7 @@ class AR(SamplerBase):
     name = "ar"
     version = "1"
     Config = ARConfig
+    config: ARConfig
     families = ("ar",)
 
     def generate(self, model: ModelAdapter, prompts: Sequence[Sequence[int]], *, seed: int | Sequence[int] = 0,
