@@ -31,7 +31,7 @@ class ARVLLMConfig(SamplingConfig):
     enforce_eager: bool = True
 
 
-def import_vllm():
+def import_vllm() -> Any:
     """Import vLLM or raise a one-line BadInputError saying how to install it."""
     try:
         import vllm  # noqa: F401
@@ -47,13 +47,15 @@ class ARvLLM(SamplerBase):
     name = "ar-vllm"
     version = "1"
     Config = ARVLLMConfig
+    config: ARVLLMConfig
     families = ("ar",)
 
     def __init__(self, config=None):
         super().__init__(config)
         self._engines: dict[str, Any] = {}
 
-    def _engine(self, model: ModelAdapter):
+    def _engine(self, model: ModelAdapter) -> Any:
+        """The ``vllm.LLM`` engine for ``model`` (built once per model spec)."""
         vllm = import_vllm()
         key = model.spec
         if key not in self._engines:
