@@ -191,7 +191,7 @@ class ProcessSandbox(Sandbox):
 
             console.print("[bold red]WARNING: --unsafe-no-isolation: generated code runs WITHOUT a sandbox "
                           "(same user, network and files as the harness; rlimits only).[/]")
-            self.bwrap = None
+            self.bwrap: str | None = None
         else:
             self.bwrap = shutil.which("bwrap")
             if self.bwrap is None:
@@ -199,6 +199,12 @@ class ProcessSandbox(Sandbox):
                     "bubblewrap (bwrap) is not installed; install it (Debian/Ubuntu: `apt-get install "
                     "bubblewrap`), use --sandbox docker, or pass --unsafe-no-isolation to run generated "
                     "code without any isolation (not recommended)")
+
+    @property
+    def _bwrap(self) -> str:
+        """The bubblewrap binary of an isolated sandbox (``__init__`` found it or raised)."""
+        assert self.bwrap is not None, "no bubblewrap: this sandbox runs with --unsafe-no-isolation"
+        return self.bwrap
 
     # ---------------------------------------------------------------- protocol
     @classmethod
@@ -213,7 +219,7 @@ class ProcessSandbox(Sandbox):
             return False, f"process sandbox probe failed: {exc}"
         if out.status != "passed" or out.stdout.strip() != "2":
             return False, f"process sandbox probe failed: {out.status} {out.details} {out.stderr[-300:]}"
-        return True, (f"bubblewrap {_bwrap_version(sb.bwrap)}, python {sb.layout['version']} "
+        return True, (f"bubblewrap {_bwrap_version(sb._bwrap)}, python {sb.layout['version']} "
                       f"({sb.python}), probe ran in {out.wall_s * 1000:.0f} ms")
 
     def describe(self, limits: Limits | None = None) -> dict[str, Any]:
@@ -230,7 +236,7 @@ class ProcessSandbox(Sandbox):
             d["isolation"] = ("bubblewrap: user/pid/net/ipc/uts/cgroup namespaces, no capabilities, "
                               "read-only interpreter files, tmpfs /work /tmp /dev/shm, uid 65534"
                               + (", bwrap run as uid 65534" if self._as_nobody else ""))
-            d["bwrap_version"] = _bwrap_version(self.bwrap)
+            d["bwrap_version"] = _bwrap_version(self._bwrap)
         if limits is not None:
             d["limits"] = limits.model_dump()
         return d
@@ -256,7 +262,7 @@ class ProcessSandbox(Sandbox):
     # ---------------------------------------------------------------- internals
     def _bwrap_cmd(self, limits: Limits) -> list[str]:
         size = str(limits.tmpfs_mb << 20)
-        cmd = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        cmd = [self._bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         for b in self.layout["binds"]:
             cmd += ["--ro-bind", b, b]
         for name in _TOP_LEVEL_LINKS:  # usr-merged systems: /lib -> usr/lib etc.
@@ -303,7 +309,8 @@ class ProcessSandbox(Sandbox):
         wall = time.monotonic() - t0
         for f in (proc.stdin, proc.stdout, proc.stderr):
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except OSError:
                 pass
         err = cap.stderr()
@@ -336,11 +343,13 @@ def _pump(proc: subprocess.Popen, payload: bytes, cap: OutputCap, deadline: floa
 
     Returns None at EOF on both outputs, ``"timeout"`` or ``"output-limit"`` otherwise.
     """
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    assert stdin is not None and stdout is not None and stderr is not None, "Popen with three PIPEs"
     sel = selectors.DefaultSelector()
-    os.set_blocking(proc.stdin.fileno(), False)
-    sel.register(proc.stdin, selectors.EVENT_WRITE, 0)
-    sel.register(proc.stdout, selectors.EVENT_READ, 1)
-    sel.register(proc.stderr, selectors.EVENT_READ, 2)
+    os.set_blocking(stdin.fileno(), False)
+    sel.register(stdin, selectors.EVENT_WRITE, 0)
+    sel.register(stdout, selectors.EVENT_READ, 1)
+    sel.register(stderr, selectors.EVENT_READ, 2)
     view = memoryview(payload)
     sent = 0
     open_reads = 2
@@ -357,7 +366,7 @@ def _pump(proc: subprocess.Popen, payload: bytes, cap: OutputCap, deadline: floa
                         sent = len(payload)
                     if sent >= len(payload):
                         sel.unregister(key.fileobj)
-                        proc.stdin.close()
+                        stdin.close()
                     continue
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
