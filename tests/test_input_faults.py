@@ -140,6 +140,15 @@ def test_non_utf8_task_data_file(tmp_path):
     assert not (tmp_path / "ev").exists()
 
 
+@pytest.mark.parametrize("source", [{}, {"task": "gsm8k_calc_train", "data_file": "pairs.jsonl"}])
+def test_sft_needs_exactly_one_data_source(source):
+    from dllm_bench.errors import BadInputError
+    from dllm_bench.trainers.sft import SFT, SFTConfig
+
+    with pytest.raises(BadInputError, match="give exactly one of 'task' and 'data_file'"):
+        SFT(SFTConfig(model="tiny-block-dlm", **source)).load_pairs(tokenizer=None)
+
+
 # ---------------------------------------------------------------- model directories
 @pytest.mark.parametrize("name,needle", [
     ("noweights", "no weights"),

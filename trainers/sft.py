@@ -98,6 +98,7 @@ class SFT(Trainer):
     name: ClassVar[str] = "sft"
     version: ClassVar[str] = "1"
     Config: ClassVar[type[SFTConfig]] = SFTConfig
+    config: SFTConfig
 
     def __init__(self, config: SFTConfig | dict[str, Any], adapter: ModelAdapter | None = None,
                  pairs: list[tuple[str, str]] | None = None):
@@ -118,13 +119,13 @@ class SFT(Trainer):
         cfg = self.config
         if self.pairs is not None:
             return list(self.pairs)
-        if (cfg.task is None) == (cfg.data_file is None):
-            raise BadInputError("sft config: give exactly one of 'task' and 'data_file'")
-        if cfg.task is not None:
+        if cfg.task is not None and cfg.data_file is None:
             from dllm_bench import registry
 
             task = registry.create("tasks", cfg.task, cfg.task_args)
             return list(task.sft_pairs(tokenizer))
+        if cfg.data_file is None or cfg.task is not None:
+            raise BadInputError("sft config: give exactly one of 'task' and 'data_file'")
         path = Path(cfg.data_file)
         if not path.is_file():
             raise BadInputError("data file not found", path=path)
@@ -174,7 +175,7 @@ class SFT(Trainer):
 
     # ------------------------------------------------------------------ batches
     def build_inputs(self, examples: list[tuple[list[int], list[int]]], mode: str, adapter: ModelAdapter, B: int,
-                     g: torch.Generator) -> dict[str, torch.Tensor]:
+                     g: torch.Generator) -> dict[str, Any]:
         """Tensors for one micro-batch.
 
         Returns:
@@ -228,6 +229,7 @@ class SFT(Trainer):
         need = ~masked.view(n, L // gsize, gsize).any(-1) & real.view(n, L // gsize, gsize).any(-1)
         pick = torch.zeros_like(ug, dtype=torch.bool).scatter_(-1, ug.argmin(-1, keepdim=True), True)
         masked |= (pick & need[..., None]).view(n, L)
+        assert mask_id is not None, "train() refuses the diffusion modes for a model without a mask token"
         xt = torch.where(masked, torch.full_like(resp, mask_id), resp)
         w = masked.float()
         if cfg.weighting == "elbo":
