@@ -26,13 +26,18 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from dllm_bench.errors import BadInputError, RunFailedError, interrupt_in
 from dllm_bench.jsonl import JsonlStore, parse_object
 from dllm_bench.plugins import StrictModel
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .config import TrainConfig
 
 log = logging.getLogger("dllm_bench.trainers")
 
@@ -93,6 +98,20 @@ class RunFiles:
     directory: checkpoints with exact resume, the metrics log, the final weights and the
     result. (Uses the engine's ``accelerator``, ``state``, ``cfg``, ``run_dir``,
     ``metrics_path``, ``trainer`` and ``is_main``.)"""
+
+    if TYPE_CHECKING:  # set by Engine.__init__
+        accelerator: Any  # accelerate.Accelerator
+        state: TrainerState
+        cfg: TrainConfig
+        run_dir: Path
+        metrics_path: Path
+        trainer: str
+        _t0: float  # time.time() at the start (seconds)
+        _metrics: JsonlStore | None  # the metrics log, opened on first use (main process)
+        _tb: SummaryWriter | Literal[False] | None  # False: tensorboard is not installed
+
+        @property
+        def is_main(self) -> bool: ...
 
     @property
     def ckpt_root(self) -> Path:
@@ -191,7 +210,7 @@ class RunFiles:
                 tb.flush()
         return line
 
-    def _tensorboard(self):
+    def _tensorboard(self) -> SummaryWriter | None:
         if not self.cfg.tensorboard:
             return None
         if self._tb is None:
