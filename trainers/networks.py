@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -16,6 +16,8 @@ from dllm_bench.models.layout import AttentionLayout, forward_mask_kwargs
 from .config import TrainConfig
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from dllm_bench.models import ModelAdapter
 
     from .engine import Engine
@@ -45,7 +47,7 @@ class PolicyNet(torch.nn.Module):
 
     logit_chunk_elems: int = 1 << 26
 
-    def __init__(self, lm: torch.nn.Module, attn_backend: str = "sdpa"):
+    def __init__(self, lm: PreTrainedModel, attn_backend: str = "sdpa"):
         super().__init__()
         self.lm = lm
         self.attn_backend = attn_backend if attn_backend in ("sdpa", "eager") else "sdpa"
@@ -140,7 +142,7 @@ class ValueNet(torch.nn.Module):
     read at the gathered columns (the same packed rows as the policy).
     """
 
-    def __init__(self, backbone: torch.nn.Module, hidden_size: int, attn_backend: str = "sdpa"):
+    def __init__(self, backbone: PreTrainedModel, hidden_size: int, attn_backend: str = "sdpa"):
         super().__init__()
         self.backbone = backbone
         self.attn_backend = attn_backend if attn_backend in ("sdpa", "eager") else "sdpa"
@@ -188,7 +190,7 @@ def save_value_net(engine: Engine, vmodel: torch.nn.Module, directory: Path) -> 
     engine.accelerator.wait_for_everyone()
     state = engine.accelerator.get_state_dict(vmodel)
     if engine.is_main:
-        inner = engine.unwrap(vmodel)
+        inner = cast(ValueNet, engine.unwrap(vmodel))  # the ValueNet that engine.prepare wrapped
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         bb = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
@@ -199,7 +201,7 @@ def save_value_net(engine: Engine, vmodel: torch.nn.Module, directory: Path) -> 
     return Path(directory)
 
 
-def load_adapter(cfg: TrainConfig, device: torch.device | None = None):
+def load_adapter(cfg: TrainConfig, device: torch.device | None = None) -> ModelAdapter:
     """``load_model(cfg.model, **cfg.model_args)`` in float32 unless ``dtype`` is given, in
     train mode, with the training attention path (sdpa/eager)."""
     from dllm_bench.models import load_model
