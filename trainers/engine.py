@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ def ensure_dist_env() -> None:
 
 def packaged_config(name: str) -> Path:
     """Path of a file shipped in ``dllm_bench/trainers/configs``."""
-    return Path(str(resources.files("dllm_bench.trainers").joinpath(CONFIG_DIR, name)))
+    return Path(str(resources.files("dllm_bench.trainers").joinpath(CONFIG_DIR).joinpath(name)))
 
 
 def deepspeed_config(spec: str, cfg: TrainConfig) -> dict[str, Any]:
@@ -157,11 +157,13 @@ class Engine(RunFiles):
     def make_optimizer(self, module: torch.nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
         """AdamW over the trainable parameters (betas, eps, weight decay from the config)."""
         params = [p for p in module.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=lr or self.cfg.lr, betas=tuple(self.cfg.adam_betas),
+        beta1, beta2 = self.cfg.adam_betas
+        return torch.optim.AdamW(params, lr=lr or self.cfg.lr, betas=(beta1, beta2),
                                  eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
 
     def prepare(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, total_updates: int,
-                name: str = "policy"):
+                name: str = "policy",
+                ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """Wrap ``module``/``optimizer`` for the backend; build the LR scheduler.
 
         ``name`` selects the DeepSpeed plugin when several models are trained (policy, value).
@@ -173,7 +175,7 @@ class Engine(RunFiles):
         if self.cfg.gradient_checkpointing:
             for m in module.modules():
                 if hasattr(m, "gradient_checkpointing_enable"):
-                    m.gradient_checkpointing_enable()
+                    m.gradient_checkpointing_enable()  # type: ignore[operator]  # torch: Module.__getattr__ typing
                     break
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg, total_updates))
         if self.uses_deepspeed and len(self.ds_models) > 1:
@@ -206,7 +208,7 @@ class Engine(RunFiles):
     def _is_ds(self, model: torch.nn.Module) -> bool:
         return type(model).__name__ == "DeepSpeedEngine"
 
-    def sync_context(self, model: torch.nn.Module, last: bool):
+    def sync_context(self, model: torch.nn.Module, last: bool) -> AbstractContextManager[Any]:
         """Skip DDP gradient all-reduce on non-final micro-batches."""
         if last or self._is_ds(model) or self.accelerator.num_processes == 1:
             return nullcontext()
@@ -215,8 +217,9 @@ class Engine(RunFiles):
     def backward(self, model: torch.nn.Module, loss: torch.Tensor, last: bool) -> None:
         """Backward of one micro-batch's (already normalised) loss; ``last`` = boundary."""
         if self._is_ds(model):
-            model.set_gradient_accumulation_boundary(last)
-            model.backward(loss)
+            ds: Any = model  # a DeepSpeedEngine (deepspeed is untyped)
+            ds.set_gradient_accumulation_boundary(last)
+            ds.backward(loss)
         else:
             self.accelerator.backward(loss)
 
@@ -225,8 +228,9 @@ class Engine(RunFiles):
         """Clip, step, zero grads, step the LR schedule (unless ``scheduler`` is None: the
         caller steps it). Returns the pre-clip gradient norm."""
         if self._is_ds(model):
-            model.step()
-            gn = model.get_global_grad_norm()
+            ds: Any = model  # a DeepSpeedEngine (deepspeed is untyped)
+            ds.step()
+            gn = ds.get_global_grad_norm()
             gn = float(gn.item() if hasattr(gn, "item") else (gn or 0.0))
         else:
             if self.cfg.max_grad_norm > 0:
