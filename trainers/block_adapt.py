@@ -59,24 +59,30 @@ class BlockAdapt(TraceRL):
     name: ClassVar[str] = "block-adapt"
     version: ClassVar[str] = "1"
     Config: ClassVar[type[BlockAdaptConfig]] = BlockAdaptConfig
+    config: BlockAdaptConfig
+
+    def _block_size(self) -> int:
+        """B_t (set: the config's validator refuses ``block_size=None``)."""
+        assert self.config.block_size is not None, "BlockAdaptConfig requires block_size"
+        return int(self.config.block_size)
 
     def rollout_block_size(self, step: int, adapter: ModelAdapter) -> int:
         cfg = self.config
         if cfg.switch_step is not None and step >= cfg.switch_step:
-            return int(cfg.block_size)
+            return self._block_size()
         return int(cfg.rollout_block_size)
 
     def train_block_size(self, step: int, adapter: ModelAdapter) -> int:
         if adapter.family != "block-diffusion":
             raise BadInputError(f"block-adapt needs a block-diffusion model; {adapter.spec!r} is {adapter.family}")
-        return int(self.config.block_size)
+        return self._block_size()
 
     def sampler_args(self, step: int, adapter: ModelAdapter) -> dict[str, Any]:
         cfg = self.config
         args = dict(cfg.sampler_args)
         if cfg.switch_step is not None and step >= cfg.switch_step and args.get("denoising_steps"):
-            args["denoising_steps"] = int(args["denoising_steps"]) * int(cfg.block_size) // cfg.rollout_block_size
+            args["denoising_steps"] = int(args["denoising_steps"]) * self._block_size() // cfg.rollout_block_size
         return args
 
     def final_adapter(self, adapter: ModelAdapter) -> ModelAdapter:
-        return dataclasses.replace(adapter, block_size=int(self.config.block_size))
+        return dataclasses.replace(adapter, block_size=self._block_size())
