@@ -62,6 +62,7 @@ class RandomMaskRL(TraceRL):
     name: ClassVar[str] = "random-mask-rl"
     version: ClassVar[str] = "1"
     Config: ClassVar[type[RandomMaskRLConfig]] = RandomMaskRLConfig
+    config: RandomMaskRLConfig
 
     def training_batch(self, trajs: list[Rollout], step: int, adapter: ModelAdapter, family: str,
                        g: torch.Generator) -> tuple[list[Rollout], list[int]]:
