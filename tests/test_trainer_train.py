@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dllm_bench import registry
 from dllm_bench.models import load_model
 from dllm_bench.plugins import Doc, Verdict
 from dllm_bench.tasks.base import Task
@@ -22,7 +23,7 @@ from dllm_bench.trainers.networks import ValueNet
 from dllm_bench.trainers.objectives import clipped_value_terms, step_gae
 from dllm_bench.trainers.scoring import token_values
 from dllm_bench.trainers.sft import SFT
-from dllm_bench.trainers.tracerl import RLRun, RLStepState, TraceRL
+from dllm_bench.trainers.tracerl import RLRun, RLStepState, TraceRL, TrainingRows
 from dllm_bench.trainers.trajectory import Rollout, collate
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
@@ -399,11 +400,12 @@ def test_update_sequence_matches_rl_trado_procedure(tmp_path):
         old = token_logprobs(model, batch, **lp_kw)
     rid = tr.round_ids(batch, "block")
     adv = adv_seq[:, None].expand(batch.size, batch.gen_len).clone()
-    run = RLRun(engine=eng, adapter=ad, family="block", shift=0, policy=model, opt=opt, sched=sched)
+    run = RLRun(engine=eng, adapter=ad, family="block", shift=0, policy=model, task=registry.create("tasks", "digits"),
+                opt=opt, sched=sched)
     assert tr.logprob_kwargs(run) == lp_kw
-    state = RLStepState(step=0, g=torch.Generator(), t_start=0.0, batch=batch, rid=rid, gen_len=L1, block_size=4,
+    rows = TrainingRows(batch=batch, src=list(range(batch.size)), row_adv=adv_seq, rid=rid, block_size=4, gen_len=L1,
                         adv=adv, old_logp=old)
-    m = tr.policy_update(run, state)
+    m = tr.policy_update(run, RLStepState(step=0, g=torch.Generator(), t_start=0.0), rows)
     got = tr.last_update_trace
 
     n_rows = len(_reference_rows(trajs, 4))

@@ -76,3 +76,4 @@ class DiPO(TraceRL):
     name: ClassVar[str] = "dipo"
     version: ClassVar[str] = "1"
     Config: ClassVar[type[DiPOConfig]] = DiPOConfig
+    config: DiPOConfig

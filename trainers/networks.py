@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from .engine import Engine
     from .rl_config import ValueOptions
+    from .trajectory import Family
 
 VALUE_HEAD_FILE = "value_head.pt"
 VALUE_META_FILE = "dllm_bench_value.json"
@@ -216,4 +217,4 @@ def load_adapter(cfg: TrainConfig, device: torch.device | None = None) -> ModelA
     return adapter
 
 
-FAMILY_SHORT = {"block-diffusion": "block", "full-diffusion": "full", "ar": "ar"}
+FAMILY_SHORT: dict[str, Family] = {"block-diffusion": "block", "full-diffusion": "full", "ar": "ar"}

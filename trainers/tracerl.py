@@ -2,7 +2,8 @@
 at 10b4fd1: ``rl.py``, ``train/rl_trado.py``, ``train/train_trado_value.py``, ``configs/rl_trado.yaml``).
 
 This file is the whole algorithm, read top to bottom. One RL step (:meth:`TraceRL.rl_step`)
-runs six phases that hand one :class:`RLStepState` from each to the next:
+runs six phases: phases 1-2 fill the step's :class:`RLStepState`, phase 3 turns the kept
+trajectories into the :class:`TrainingRows` that phases 4-6 train on:
 
 1. **Rollout** (:meth:`TraceRL.rollout`). ``prompts_per_step`` task documents ×
    ``samples_per_prompt`` samples are decoded by a sampler plugin with
@@ -82,7 +83,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 
@@ -96,6 +97,7 @@ from .engine import Engine
 from .networks import FAMILY_SHORT, PolicyNet, build_value_net, load_adapter, save_value_net
 from .objectives import (
     GAEResult,
+    Normalisation,
     clipped_policy_terms,
     clipped_value_terms,
     group_zscore,
@@ -104,11 +106,11 @@ from .objectives import (
     step_gae,
     token_weights,
 )
-from .rl_config import RLConfig, RolloutConfig
+from .rl_config import RLConfig, RolloutConfig, ValueOptions
 from .run_dir import TrainResult
 from .scoring import token_logprobs, token_values
 from .seeding import train_seed
-from .trajectory import Rollout, RolloutBatch, collate, round_ids, round_rows, trainable_length
+from .trajectory import Family, Rollout, RolloutBatch, collate, round_ids, round_rows, trainable_length
 
 if TYPE_CHECKING:
     from dllm_bench.models import ModelAdapter
@@ -126,70 +128,93 @@ class TraceRLConfig(RLConfig):
 
 
 @dataclasses.dataclass
+class ValueModel:
+    """The diffusion value model of a run (``config.value`` set), trained in phase 4."""
+
+    net: torch.nn.Module
+    """The prepared :class:`.networks.ValueNet`."""
+    opt: torch.optim.Optimizer
+    """Its own AdamW (learning rate ``options.lr``)."""
+    sched: torch.optim.lr_scheduler.LambdaLR
+    options: ValueOptions
+    """``config.value``: γ, λ, the value clip, the reward it regresses on, the warmup steps."""
+
+
+@dataclasses.dataclass
 class RLRun:
     """What stays fixed across the RL steps of one run (built by :meth:`TraceRL.train`)."""
 
     engine: Engine
     adapter: ModelAdapter
-    family: str
+    family: Family
     """``block``, ``full`` or ``ar`` (:data:`.networks.FAMILY_SHORT`)."""
     shift: int
     """1 for models whose logits at column i predict token i+1 (Dream), else 0."""
     policy: torch.nn.Module
     """The prepared :class:`.networks.PolicyNet` (frozen for the value trainer)."""
+    task: Task
+    """The task giving prompts and rewards."""
     opt: Any = None
     sched: Any = None
-    task: Task | None = None
-    prompts: list[tuple[Any, list[int]]] = dataclasses.field(default_factory=list)
+    prompts: list[tuple[Doc, list[int]]] = dataclasses.field(default_factory=list)
     """(document, prompt token ids) of every task document whose prompt fits."""
     reference: torch.nn.Module | None = None
     """The frozen initial policy (``kl_anchor="reference"``)."""
-    value: torch.nn.Module | None = None
-    value_opt: Any = None
-    value_sched: Any = None
+    value: ValueModel | None = None
+    """The value model (``config.value`` set), else None."""
 
 
 @dataclasses.dataclass
 class RLStepState:
-    """What one RL step passes from phase to phase (:meth:`TraceRL.rl_step`)."""
+    """What phases 1-2 of one RL step fill, and the step's metrics (:meth:`TraceRL.rl_step`)."""
 
     step: int
     g: torch.Generator
     """All of the step's randomness: seeded by (seed, step, rank)."""
     t_start: float
-    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     # 1. rollout
     trajs: list[Rollout] = dataclasses.field(default_factory=list)
     """The samples with token ids, step maps and rewards."""
     # 2. advantages
-    seq_adv: torch.Tensor | None = None
+    seq_adv: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0))
     """``[len(trajs)]`` group z-scored rewards."""
     kept: list[int] = dataclasses.field(default_factory=list)
     """Indices of the trajectories kept by the group filter (with a trainable token)."""
-    # 3. training rows
-    block_size: int = 1
-    """Training block size B_t."""
-    batch: RolloutBatch | None = None
-    src: list[int] = dataclasses.field(default_factory=list)
-    """Per batch row, the index (into ``kept``) of its trajectory."""
-    row_adv: torch.Tensor | None = None
-    """``[rows]`` the sequence advantage of every row."""
-    rid: torch.Tensor | None = None
-    """``[rows, L]`` round row of every trainable token (-1 elsewhere)."""
-    gen_len: int = 0
-    """L1: ``max_new_tokens`` rounded up to the block size."""
     t_train: float = 0.0
-    # 4. advantages per token (step-level GAE with a value model)
-    adv: torch.Tensor | None = None
-    """``[rows, L]`` the advantage of every token."""
-    # 5. π_old and the KL anchor
-    old_logp: torch.Tensor | None = None
-    anchor_logp: torch.Tensor | None = None
+    """When phase 3 finished building the training rows (``time.perf_counter()``, seconds)."""
 
-    def stop(self, **flags: int) -> dict[str, Any]:
+    def stop(self, **flags: int) -> dict[str, float]:
         """The metrics of a step that ends early (``skipped``, ``policy_frozen``)."""
         self.metrics.update({**flags, "step_s": time.perf_counter() - self.t_start})
         return self.metrics
+
+
+@dataclasses.dataclass
+class TrainingRows:
+    """What phase 3 builds from the kept trajectories (:meth:`TraceRL.training_rows`) and
+    phases 4-6 train on."""
+
+    batch: RolloutBatch
+    """The collated rows: ``batch.size`` rows of L = ``batch.gen_len`` response tokens."""
+    src: list[int]
+    """Per batch row, the index (into ``RLStepState.kept``) of its trajectory."""
+    row_adv: torch.Tensor
+    """``[rows]`` the sequence advantage of every row."""
+    rid: torch.Tensor
+    """``[rows, L]`` round row of every trainable token (-1 elsewhere)."""
+    block_size: int
+    """Training block size B_t."""
+    gen_len: int
+    """L1: ``max_new_tokens`` rounded up to the block size."""
+    # 3-4. advantages per token (step-level GAE with a value model)
+    adv: torch.Tensor
+    """``[rows, L]`` the advantage of every token (the row's sequence advantage until phase 4)."""
+    # 5. π_old and the KL anchor
+    old_logp: torch.Tensor | None = None
+    """``[rows, L]`` log π_old (``old_logprobs="recompute"``); None: log π_θ.detach()."""
+    anchor_logp: torch.Tensor | None = None
+    """``[rows, L]`` the frozen reference's log-probs (``kl_anchor="reference"``); None: π_old's."""
 
 
 class TraceRL(Trainer):
@@ -200,6 +225,7 @@ class TraceRL(Trainer):
     name: ClassVar[str] = "tracerl"
     version: ClassVar[str] = "1"
     Config: ClassVar[type[RolloutConfig]] = TraceRLConfig
+    config: RolloutConfig
     train_policy: ClassVar[bool] = True
     """False for the value trainer: the rollout policy is frozen, only the value model trains."""
 
@@ -211,6 +237,20 @@ class TraceRL(Trainer):
         self.config = config if isinstance(config, self.Config) else self.Config.model_validate(config)
         self.adapter = adapter
         self.task = task
+
+    @property
+    def rl_config(self) -> RLConfig:
+        """``self.config`` with the policy objective's fields (:class:`.rl_config.RLConfig`: clip,
+        KL, π_old, ``loss_norm``), which every trainer with ``train_policy`` has (the value
+        trainer's :class:`.rl_config.RolloutConfig` does not).
+
+        Raises:
+            TypeError: the config is not an :class:`.rl_config.RLConfig` (a variant whose ``Config``
+                lacks the policy fields reads them).
+        """
+        if not isinstance(self.config, RLConfig):
+            raise TypeError(f"{self.name}: {type(self.config).__name__} has no policy-objective fields (RLConfig)")
+        return self.config
 
     # ================================================================== the run
     def train(self, run_dir: Path) -> TrainResult:
@@ -235,7 +275,7 @@ class TraceRL(Trainer):
             raise BadInputError(f"task {cfg.task!r}: no prompt fits max_prompt_tokens={cfg.max_prompt_tokens}")
 
         ref_net = None
-        if self.train_policy and cfg.kl_anchor == "reference":
+        if self.train_policy and self.rl_config.kl_anchor == "reference":
             ref_net = eng.prepare_frozen(PolicyNet(adapter.clone().model, adapter.attn_backend))
         vnet = build_value_net(cfg.value, adapter, eng.device) if cfg.value else None
         net = PolicyNet(adapter.model, adapter.attn_backend)
@@ -248,13 +288,14 @@ class TraceRL(Trainer):
             model, opt, sched = eng.prepare(net, eng.make_optimizer(net), total_updates, name="policy")
         else:  # the value trainer: a frozen rollout policy
             model = eng.prepare_frozen(net)
-        vmodel = vopt = vsched = None
-        if vnet is not None:
+        value = None
+        if vnet is not None and cfg.value is not None:  # vnet exists exactly when cfg.value is set
             vnet.train()
             vmodel, vopt, vsched = eng.prepare(vnet, eng.make_optimizer(vnet, lr=cfg.value.lr), total_updates,
                                                name="value")
-        run = RLRun(engine=eng, adapter=adapter, family=family, shift=shift, policy=model, opt=opt, sched=sched,
-                    task=task, prompts=enc, reference=ref_net, value=vmodel, value_opt=vopt, value_sched=vsched)
+            value = ValueModel(net=vmodel, opt=vopt, sched=vsched, options=cfg.value)
+        run = RLRun(engine=eng, adapter=adapter, family=family, shift=shift, policy=model, task=task, opt=opt,
+                    sched=sched, prompts=enc, reference=ref_net, value=value)
         start = eng.resume()
         last: dict[str, Any] = {}
         with progress(self.name, cfg.max_steps - start) as advance:
@@ -278,37 +319,39 @@ class TraceRL(Trainer):
                     "value_model": cfg.value is not None, "run_dir": str(run_dir), "parent": adapter.training}
         extra = {}
         if self.train_policy:
-            training.update({"kl_anchor": cfg.kl_anchor, "kl_beta": cfg.kl_beta, "minibatch": cfg.minibatch,
+            pcfg = self.rl_config
+            training.update({"kl_anchor": pcfg.kl_anchor, "kl_beta": pcfg.kl_beta, "minibatch": cfg.minibatch,
                              "rows_per_update": cfg.rows_per_update if cfg.minibatch == "round_rows" else None,
-                             "loss_norm": cfg.loss_norm})
+                             "loss_norm": pcfg.loss_norm})
             final = eng.save_final(run.policy, self.final_adapter(adapter), run_dir / "final", training)
             if run.value is not None:
-                extra["value"] = str(save_value_net(eng, run.value, run_dir / "value"))
+                extra["value"] = str(save_value_net(eng, run.value.net, run_dir / "value"))
         else:
-            final = save_value_net(eng, run.value, run_dir / "final")
+            assert run.value is not None, "the value trainer's config always has a value model"
+            final = save_value_net(eng, run.value.net, run_dir / "final")
             extra["value"] = str(final)
         res = TrainResult(self.name, run_dir, final, eng.metrics_path, eng.state.step, last, extra)
         return eng.finish(res)
 
     # ================================================================== one RL step
-    def rl_step(self, run: RLRun, step: int) -> dict[str, Any]:
+    def rl_step(self, run: RLRun, step: int) -> dict[str, float]:
         """One rollout + update round; returns the step's metrics."""
         t_start = time.perf_counter()
         s = RLStepState(step=step, g=run.engine.step_generator(step), t_start=t_start)
         self.rollout(run, s)                              # 1. samples, step maps, rewards
         if not self.advantages(run, s):                   # 2. group z-scores, group filter
             return s.stop(skipped=1)
-        self.training_rows(run, s)                        # 3. trajectories -> rows, round ids
+        rows = self.training_rows(run, s)                 # 3. trajectories -> rows, round ids
         if run.value is not None:
-            self.value_step(run, s)                       # 4. V_old, step-level GAE, value update
-        if not self.train_policy or (run.value is not None and step < self.config.value.warmup_steps):
+            self.value_step(run, run.value, s, rows)      # 4. V_old, step-level GAE, value update
+        if not self.train_policy or (run.value is not None and step < run.value.options.warmup_steps):
             return s.stop(policy_frozen=1)
-        self.old_logprobs(run, s)                         # 5. π_old and the KL anchor
-        s.metrics.update(self.policy_update(run, s))      # 6. clipped objective, optimizer steps
+        self.old_logprobs(run, rows)                      # 5. π_old and the KL anchor
+        s.metrics.update(self.policy_update(run, s, rows))  # 6. clipped objective, optimizer steps
         dt = time.perf_counter() - s.t_train
-        n_tok = int(s.batch.mask.sum())
+        n_tok = int(rows.batch.mask.sum())
         s.metrics.update({"train_s": dt, "train_tokens_per_s": n_tok / dt if dt > 0 else 0.0,
-                          "train_rows": s.batch.size, "round_rows": len(round_rows(s.rid)),
+                          "train_rows": rows.batch.size, "round_rows": len(round_rows(rows.rid)),
                           "trainable_tokens": n_tok, "lr": run.engine.current_lr(run.sched),
                           "step_s": time.perf_counter() - s.t_start})
         return s.metrics
@@ -366,7 +409,7 @@ class TraceRL(Trainer):
         gens = []
         t0 = time.perf_counter()
         with engine.full_params(model) as inner:
-            lm = inner.lm
+            lm = cast(PolicyNet, inner).lm  # the PolicyNet that train() prepared
             was_training = lm.training
             lm.eval()
             backend = adapter.attn_backend
@@ -431,57 +474,58 @@ class TraceRL(Trainer):
         return bool(s.kept)
 
     # ------------------------------------------------------------------ 3. training rows
-    def training_rows(self, run: RLRun, s: RLStepState) -> None:
+    def training_rows(self, run: RLRun, s: RLStepState) -> TrainingRows:
         """Collate the kept trajectories (step maps shrunk, blocks aligned as in the rollout)
-        into ``s.batch``, give every trainable token its round row (``s.rid``) and every
-        token its sequence advantage (``s.adv``)."""
+        into the batch, give every trainable token its round row and every token its sequence
+        advantage."""
         cfg, adapter = self.config, run.adapter
-        s.block_size = self.train_block_size(s.step, adapter)
-        rows, s.src = self.training_batch([s.trajs[i] for i in s.kept], s.step, adapter, run.family, s.g)
+        block_size = self.train_block_size(s.step, adapter)
+        trajs, src = self.training_batch([s.trajs[i] for i in s.kept], s.step, adapter, run.family, s.g)
         try:
-            s.batch = collate(rows, family=run.family, block_size=s.block_size, shrink=cfg.shrink,
-                              mask_id=adapter.mask_token_id if adapter.mask_token_id is not None
-                              else adapter.pad_token_id,
-                              pad_id=adapter.pad_token_id, alignment=self.block_alignment(adapter))
+            batch = collate(trajs, family=run.family, block_size=block_size, shrink=cfg.shrink,
+                            mask_id=adapter.mask_token_id if adapter.mask_token_id is not None
+                            else adapter.pad_token_id,
+                            pad_id=adapter.pad_token_id, alignment=self.block_alignment(adapter))
         except ValueError as exc:
             raise BadInputError(str(exc)) from None
-        s.row_adv = s.seq_adv[torch.as_tensor(s.kept)][torch.as_tensor(s.src)]
-        s.rid = self.round_ids(s.batch, run.family)
-        unit = s.block_size if run.family == "block" else 1
-        s.gen_len = int(math.ceil(int(cfg.sampler_args.get("max_new_tokens", s.batch.gen_len)) / unit) * unit)
+        row_adv = s.seq_adv[torch.as_tensor(s.kept)][torch.as_tensor(src)]
+        rid = self.round_ids(batch, run.family)
+        unit = block_size if run.family == "block" else 1
+        gen_len = int(math.ceil(int(cfg.sampler_args.get("max_new_tokens", batch.gen_len)) / unit) * unit)
         s.t_train = time.perf_counter()
-        s.adv = s.row_adv[:, None].expand(s.batch.size, s.batch.gen_len).clone()
+        return TrainingRows(batch=batch, src=src, row_adv=row_adv, rid=rid, block_size=block_size, gen_len=gen_len,
+                            adv=row_adv[:, None].expand(batch.size, batch.gen_len).clone())
 
     # ------------------------------------------------------------------ 4. value model + GAE
-    def value_step(self, run: RLRun, s: RLStepState) -> None:
-        """V_old (no grad), step-level GAE (replaces ``s.adv`` by per-token advantages), then
+    def value_step(self, run: RLRun, value: ValueModel, s: RLStepState, rows: TrainingRows) -> None:
+        """V_old (no grad), step-level GAE (replaces ``rows.adv`` by per-token advantages), then
         the value model's optimizer steps towards the GAE returns."""
-        cfg, batch = self.config, s.batch
-        v_reward = s.row_adv if cfg.value.reward == "zscore" else torch.tensor(
-            [s.trajs[s.kept[i]].reward for i in s.src], dtype=torch.float32)
+        cfg, opts, batch = self.config, value.options, rows.batch
+        v_reward = rows.row_adv if opts.reward == "zscore" else torch.tensor(
+            [s.trajs[s.kept[i]].reward for i in rows.src], dtype=torch.float32)
         with torch.no_grad():
-            v_old = torch.cat([token_values(run.value, batch.select(c), device=run.engine.device,
+            v_old = torch.cat([token_values(value.net, batch.select(c), device=run.engine.device,
                                             **self.forward_kwargs(run)).cpu()
                                for c in chunks(list(range(batch.size)), cfg.micro_batch_size)])
-        gae: GAEResult = step_gae(v_old, v_reward, batch.steps, batch.mask, cfg.value.gamma, cfg.value.lam)
-        s.adv = gae.advantages
-        s.metrics.update(self.value_update(run, s, v_old, gae.returns))
+        gae: GAEResult = step_gae(v_old, v_reward, batch.steps, batch.mask, opts.gamma, opts.lam)
+        rows.adv = gae.advantages
+        s.metrics.update(self.value_update(run, value, s, rows, v_old, gae.returns))
         s.metrics["value_mean"] = float((v_old * batch.mask).sum() / batch.mask.sum().clamp_min(1))
 
-    def value_update(self, run: RLRun, s: RLStepState, v_old: torch.Tensor,
+    def value_update(self, run: RLRun, value: ValueModel, s: RLStepState, rows: TrainingRows, v_old: torch.Tensor,
                      returns: torch.Tensor) -> dict[str, float]:
         """Optimizer steps of the value model over the same kind of plan as the policy; the
         value loss is weighted ``round_row`` (dLLM-RL train_trado_value.py@10b4fd1 lines
         1004-1005, 1052) with minibatch=round_rows, else ``response``."""
-        cfg, eng, batch, rid = self.config, run.engine, s.batch, s.rid
-        vmodel = run.value
-        mode = "round_row" if cfg.minibatch == "round_rows" else "response"
-        step_sched = run.value_sched if cfg.minibatch == "responses" else None
+        cfg, eng, batch, rid = self.config, run.engine, rows.batch, rows.rid
+        vmodel = value.net
+        mode: Normalisation = "round_row" if cfg.minibatch == "round_rows" else "response"
+        step_sched = value.sched if cfg.minibatch == "responses" else None
         losses, gns = [], []
-        passes, _ = self.plan(run, s)
+        passes, _ = self.plan(run, s, rows)
         for mbs in passes:
             for mb in mbs:
-                denom = loss_normaliser(mb.mask, rid[mb.responses], mode, s.gen_len)
+                denom = loss_normaliser(mb.mask, rid[mb.responses], mode, rows.gen_len)
                 micro = chunks(list(range(len(mb.responses))), cfg.micro_batch_size)
                 tot = 0.0
                 for k, c in enumerate(micro):
@@ -492,51 +536,54 @@ class TraceRL(Trainer):
                         v = token_values(vmodel, sub, device=eng.device, **self.forward_kwargs(run))
                         dev = v.device
                         loss = clipped_value_terms(v, v_old[ix].to(dev), returns[ix].to(dev), sub.mask.to(dev),
-                                                   cfg.value.clip) / denom
+                                                   value.options.clip) / denom
                         eng.backward(vmodel, loss, is_last)
                     tot += float(loss.detach())
                 losses.append(tot)
-                gns.append(eng.optimizer_step(vmodel, run.value_opt, step_sched))
+                gns.append(eng.optimizer_step(vmodel, value.opt, step_sched))
         if cfg.minibatch == "round_rows" and gns:
-            run.value_sched.step()
+            value.sched.step()
         return {"value_loss": sum(losses) / max(len(losses), 1), "value_grad_norm": sum(gns) / max(len(gns), 1),
-                "value_lr": eng.current_lr(run.value_sched), "value_optimizer_steps": len(gns)}
+                "value_lr": eng.current_lr(value.sched), "value_optimizer_steps": len(gns)}
 
     # ------------------------------------------------------------------ 5. π_old
-    def old_logprobs(self, run: RLRun, s: RLStepState) -> None:
+    def old_logprobs(self, run: RLRun, rows: TrainingRows) -> None:
         """π_old (``old_logprobs="recompute"``: one no-grad pass over the whole batch before
-        the first update) and, with ``kl_anchor="reference"``, the frozen reference's log-probs."""
-        cfg, batch = self.config, s.batch
+        the first update) and, with ``kl_anchor="reference"``, the frozen reference's log-probs
+        (``rows.old_logp``, ``rows.anchor_logp``)."""
+        cfg, batch = self.rl_config, rows.batch
         lp_kw = self.logprob_kwargs(run)
         parts = chunks(list(range(batch.size)), cfg.micro_batch_size)
         with torch.no_grad():
             if cfg.old_logprobs == "recompute":
-                s.old_logp = torch.cat([token_logprobs(run.policy, batch.select(c), **lp_kw).cpu() for c in parts])
+                rows.old_logp = torch.cat([token_logprobs(run.policy, batch.select(c), **lp_kw).cpu() for c in parts])
             if cfg.kl_anchor == "reference" and run.reference is not None:
-                s.anchor_logp = torch.cat([token_logprobs(run.reference, batch.select(c), **lp_kw).cpu()
-                                           for c in parts])
+                rows.anchor_logp = torch.cat([token_logprobs(run.reference, batch.select(c), **lp_kw).cpu()
+                                              for c in parts])
 
     # ------------------------------------------------------------------ 6. policy update
-    def policy_update(self, run: RLRun, s: RLStepState) -> dict[str, float]:
+    def policy_update(self, run: RLRun, s: RLStepState, rows: TrainingRows) -> dict[str, float]:
         """Optimizer steps of the policy over the plan's mini-batches (the clipped surrogate +
         β·k3 on each step's tokens, normalised by ``loss_norm``); fills
         ``self.last_update_trace`` with one record per optimizer step."""
-        cfg, eng, model, batch, rid = self.config, run.engine, run.policy, s.batch, s.rid
+        cfg, eng, model, batch, rid = self.rl_config, run.engine, run.policy, rows.batch, rows.rid
         lp_kw = self.logprob_kwargs(run)
-        rows_per_response = self.rows_per_response(run.family, s.block_size)
+        rows_per_response = self.rows_per_response(run.family, rows.block_size)
         agg = {"clip_frac": 0.0, "ratio_mean": 0.0, "kl": 0.0, "pg_loss": 0.0, "loss": 0.0}
-        n_tok_total, grad_norms, trace = 0, [], []
+        n_tok_total, grad_norms = 0, []
+        trace: list[dict[str, Any]] = []
         step_sched = run.sched if cfg.minibatch == "responses" else None
-        passes, dropped = self.plan(run, s)
+        passes, dropped = self.plan(run, s, rows)
         for p, mbs in enumerate(passes):
             for mb in mbs:
                 # row_mean weighs tokens unequally; the other normalisers divide the step's sum by a constant
-                w = (token_weights(mb.mask, rid[mb.responses], cfg.loss_norm, s.gen_len, rows_per_response)
+                w = (token_weights(mb.mask, rid[mb.responses], cfg.loss_norm, rows.gen_len, rows_per_response)
                      if cfg.loss_norm == "row_mean" else None)
-                denom = loss_normaliser(mb.mask, rid[mb.responses], cfg.loss_norm, s.gen_len) if w is None else 1.0
+                denom = (loss_normaliser(mb.mask, rid[mb.responses], cfg.loss_norm, rows.gen_len) if w is None
+                         else 1.0)
                 micro = chunks(list(range(len(mb.responses))), cfg.micro_batch_size)
-                rec = {"pass": p, "rows": list(mb.rows), "loss": 0.0, "clip_frac": 0.0, "ratio_max_dev": 0.0,
-                       "kl": 0.0, "n_tokens": 0}
+                rec: dict[str, Any] = {"pass": p, "rows": list(mb.rows), "loss": 0.0, "clip_frac": 0.0,
+                                       "ratio_max_dev": 0.0, "kl": 0.0, "n_tokens": 0}
                 for k, c in enumerate(micro):
                     is_last = k == len(micro) - 1
                     ix = [mb.responses[x] for x in c]
@@ -544,11 +591,11 @@ class TraceRL(Trainer):
                     with eng.sync_context(model, is_last):
                         lp = token_logprobs(model, sub, **lp_kw)
                         dev = lp.device
-                        o = s.old_logp[ix].to(dev) if s.old_logp is not None else lp.detach()
-                        a = (s.anchor_logp[ix].to(dev) if s.anchor_logp is not None
+                        o = rows.old_logp[ix].to(dev) if rows.old_logp is not None else lp.detach()
+                        a = (rows.anchor_logp[ix].to(dev) if rows.anchor_logp is not None
                              else (o if cfg.kl_anchor == "old" else None))
                         loss, st = clipped_policy_terms(
-                            lp, o, s.adv[ix].to(dev), sub.mask.to(dev), clip_low=cfg.clip_low,
+                            lp, o, rows.adv[ix].to(dev), sub.mask.to(dev), clip_low=cfg.clip_low,
                             clip_high=cfg.clip_high, log_ratio_clamp=cfg.log_ratio_clamp, anchor_logp=a,
                             kl_beta=cfg.kl_beta, weights=w[c].to(dev) if w is not None else None)
                         if w is None:
@@ -588,12 +635,12 @@ class TraceRL(Trainer):
         return out
 
     # ------------------------------------------------------------------ shared by 4-6
-    def plan(self, run: RLRun, s: RLStepState) -> tuple[list[list[MiniBatch]], int]:
+    def plan(self, run: RLRun, s: RLStepState, rows: TrainingRows) -> tuple[list[list[MiniBatch]], int]:
         """The optimizer steps of one update (:func:`.batching.update_plan`, drawing from
         ``s.g`` only when shuffling), cut to the same count on every process (a process with
         more mini-batches drops its extra ones); returns ``(passes, dropped round rows)``."""
         cfg = self.config
-        passes, dropped = update_plan(s.rid, s.batch.mask, minibatch=cfg.minibatch,
+        passes, dropped = update_plan(rows.rid, rows.batch.mask, minibatch=cfg.minibatch,
                                       rows_per_update=cfg.rows_per_update, partial_update=cfg.partial_update,
                                       updates_per_step=cfg.updates_per_step, epochs=cfg.epochs_per_step,
                                       shuffle=cfg.shuffle, g=s.g)
@@ -611,7 +658,7 @@ class TraceRL(Trainer):
     def logprob_kwargs(self, run: RLRun) -> dict[str, Any]:
         """:func:`.scoring.token_logprobs` arguments: the sampler's distribution (temperature,
         the MASK token banned for diffusion models)."""
-        return dict(temperature=self.config.logprob_temperature, shift=run.shift, device=run.engine.device,
+        return dict(temperature=self.rl_config.logprob_temperature, shift=run.shift, device=run.engine.device,
                     banned=run.adapter.mask_token_id if run.family != "ar" else None, **self.forward_kwargs(run))
 
     # ================================================================== variant hooks
@@ -628,17 +675,17 @@ class TraceRL(Trainer):
         """The sampler config at RL step ``step``."""
         return dict(self.config.sampler_args)
 
-    def training_batch(self, trajs: list[Rollout], step: int, adapter: ModelAdapter, family: str,
+    def training_batch(self, trajs: list[Rollout], step: int, adapter: ModelAdapter, family: Family,
                        g: torch.Generator) -> tuple[list[Rollout], list[int]]:
         """The rows to train on and, per row, the index of its trajectory (TraceRL: the
         trajectories themselves)."""
         return trajs, list(range(len(trajs)))
 
-    def round_ids(self, batch: RolloutBatch, family: str) -> torch.Tensor:
+    def round_ids(self, batch: RolloutBatch, family: Family) -> torch.Tensor:
         """``[b, L]`` round row of every trainable token (:func:`.trajectory.round_ids`)."""
         return round_ids(batch, family)
 
-    def rows_per_response(self, family: str, block_size: int) -> int | None:
+    def rows_per_response(self, family: Family, block_size: int) -> int | None:
         """Rows every response counts for under ``loss_norm='row_mean'`` (DiRL: block_size /
         shrink, grpo.py@ec4bfb3 lines 163-168); None for full-attention and AR models."""
         return max(block_size // self.config.shrink, 1) if family == "block" else None

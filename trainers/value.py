@@ -49,4 +49,5 @@ class Value(TraceRL):
     name: ClassVar[str] = "value"
     version: ClassVar[str] = "1"
     Config: ClassVar[type[ValueConfig]] = ValueConfig
+    config: ValueConfig
     train_policy: ClassVar[bool] = False
