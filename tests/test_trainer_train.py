@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from dllm_bench import registry
 from dllm_bench.models import load_model
 from dllm_bench.plugins import Doc, Verdict
 from dllm_bench.tasks.base import Task
@@ -400,8 +399,7 @@ def test_update_sequence_matches_rl_trado_procedure(tmp_path):
         old = token_logprobs(model, batch, **lp_kw)
     rid = tr.round_ids(batch, "block")
     adv = adv_seq[:, None].expand(batch.size, batch.gen_len).clone()
-    run = RLRun(engine=eng, adapter=ad, family="block", shift=0, policy=model, task=registry.create("tasks", "digits"),
-                opt=opt, sched=sched)
+    run = RLRun(engine=eng, adapter=ad, family="block", shift=0, policy=model, task=DigitTask(), opt=opt, sched=sched)
     assert tr.logprob_kwargs(run) == lp_kw
     rows = TrainingRows(batch=batch, src=list(range(batch.size)), row_adv=adv_seq, rid=rid, block_size=4, gen_len=L1,
                         adv=adv, old_logp=old)
