@@ -166,7 +166,7 @@ class RLRun:
 
 @dataclasses.dataclass
 class RLStepState:
-    """What phases 1-2 of one RL step fill, and the step's metrics (:meth:`TraceRL.rl_step`)."""
+    """What phases 1-2 of one RL step fill, with the step's metrics and timings (:meth:`TraceRL.rl_step`)."""
 
     step: int
     g: torch.Generator
