@@ -230,6 +230,9 @@ def run_eval(*, model: str | Path | ModelAdapter, task: str, sampler: str, sampl
         mine = [b for i, b in enumerate(batches) if group.owns(i)]  # all of them in one process
         todo = sum(1 for b in mine for _, d, s in b if (d.id, s) not in store)
         group.barrier()  # every rank has counted what was there before any of them writes
+        if group.sharded and group.main:
+            console.print(f"shared by {group.world_size} processes: batch b of {len(batches)} runs on rank b mod "
+                          f"{group.world_size}", markup=False, highlight=False, soft_wrap=True)
         if done and group.main:
             where = out / SAMPLES_FILE if not group.sharded else f"{out} (samples.jsonl and rank files)"
             console.print(f"resuming: {done} of {len(items)} samples already in {where}",

@@ -2,7 +2,8 @@
 
 Two ways to start N processes on one machine (each process is a *rank*)::
 
-    accelerate launch --num_processes N [--cpu] -m dllm_bench eval ...
+    accelerate launch --multi_gpu --num_processes N -m dllm_bench eval ...   (also without CUDA;
+                                                    accelerate's --cpu starts one process)
     dllm-bench eval --num-processes N ...
 
 The second form (:func:`spawn`) starts N copies of the same command itself, with the

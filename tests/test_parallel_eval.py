@@ -89,6 +89,7 @@ def test_two_processes_give_the_one_process_run(tmp_path, reference):
     assert Entry.load(out / "entry.json") == entry
     _assert_same_run(entry, out, *reference)
     assert "Traceback" not in r.stderr
+    assert r.stderr.count("shared by 2 processes: batch b of 30 runs on rank b mod 2\n") == 1, r.stderr
     again = _cli(*_eval_argv(out, "--json", "--num-processes", "2"))  # finished: nothing to do, same entry
     assert again.returncode == 0, again.stderr[-3000:]
     assert Entry.model_validate(json.loads(again.stdout)).entry_id == entry.entry_id
@@ -169,10 +170,12 @@ def test_a_rank_killed_midway_is_one_line_exit_1(tmp_path):
 
 
 def test_accelerate_launch_and_busy_directory(tmp_path, reference):
-    """``accelerate launch --cpu --num_processes 2 -m dllm_bench eval`` gives the one-process run;
-    a second writer of its directory, started while it runs, is refused with one line (exit 2)."""
+    """``accelerate launch --multi_gpu --num_processes 2 -m dllm_bench eval`` on a machine without
+    CUDA (accelerate's torchrun launcher; the ranks join over gloo) gives the one-process run, and
+    really as two ranks (rank 0 says so; accelerate's ``--cpu`` would start one process); a
+    second writer of its directory, started while it runs, is refused with one line (exit 2)."""
     out = tmp_path / "accel"
-    cmd = [str(VENV_BIN / "accelerate"), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+    cmd = [str(VENV_BIN / "accelerate"), "launch", "--num_processes", "2", "--multi_gpu", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            "-m", "dllm_bench", *_eval_argv(out, "--json")]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -186,6 +189,7 @@ def test_accelerate_launch_and_busy_directory(tmp_path, reference):
     if busy is not None and busy.returncode != 0:  # it may have come after the end: then it found the run done
         lines = [x for x in busy.stderr.splitlines() if x.strip()]
         assert busy.returncode == 2 and len(lines) == 1 and "in use by process" in lines[0], busy.stderr
+    assert "shared by 2 processes" in stderr, stderr[-3000:]
     entry = Entry.model_validate(json.loads(stdout[stdout.index("{"):]))
     _assert_same_run(entry, out, *reference)
 
@@ -228,6 +232,39 @@ def test_recipe_evaluation_under_two_processes(tmp_path):
     one, two = (Entry.load(runs[n] / "evals" / "tiny" / "entry.json") for n in ("1", "2"))
     _assert_same_run(two, runs["2"] / "evals" / "tiny", one, runs["1"] / "evals" / "tiny")
     assert (runs["2"] / "leaderboard").is_dir() and (runs["2"] / "summary.json").is_file()
+
+
+def test_recipe_training_stage_under_two_processes_is_train_under_a_two_rank_launch(tmp_path):
+    """A recipe's training stage run with ``--num-processes 2`` trains as ``dllm-bench train``
+    does under a 2-rank launch (``torchrun``, the trainers' CPU group through
+    ``ACCELERATE_USE_CPU``): bit-identical final weights (both in deterministic mode). The
+    recipe's evaluation of the trained model is shared as usual."""
+    sft = {"model": "tiny-block-dlm", "model_args": {"hidden_size": 32, "num_layers": 2, "num_heads": 2,
+                                                     "num_kv_heads": 1, "intermediate_size": 64, "block_size": 4,
+                                                     "max_position_embeddings": 64},
+           "task": "gsm8k_calc_train", "max_steps": 4, "lr": 3.0e-3, "batch_size": 8, "micro_batch_size": 4,
+           "max_response_tokens": 8, "tensorboard": False}
+    recipe = {"name": "dptrain", "seed": 0, "torch_threads": 1,
+              "stages": [{"name": "sft", "trainer": "sft", "produces": "m", "config": sft}],
+              "evaluations": [{"label": "t", "model": "${m}", "task": TASK, "sampler": "block-dynamic", "limit": 4,
+                               "samples": 1, "batch_size": 2,
+                               "sampler_args": {"temperature": 1.0, "max_new_tokens": 8}}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    r = _cli("--no-progress", "run", str(path), "--output", str(tmp_path / "run"), "--num-processes", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "shared by 2 processes" in r.stderr
+    stage = tmp_path / "run" / "stages" / "sft"
+    cfg = json.loads((stage / "config.json").read_text())["config"]
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(_env(), ACCELERATE_USE_CPU="true", MASTER_PORT=str(free_port()))
+    t = subprocess.run([str(VENV_BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", env["MASTER_PORT"],
+                        "-m", "dllm_bench", "--no-progress", "train", "--deterministic", "--trainer", "sft",
+                        "--config", str(tmp_path / "sft.yaml"), "--output", str(tmp_path / "train")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert t.returncode == 0, t.stderr[-3000:]
+    assert sha256_file(stage / "final" / "model.safetensors") == \
+        sha256_file(tmp_path / "train" / "final" / "model.safetensors")
 
 
 def test_sweep_under_two_processes(tmp_path):
