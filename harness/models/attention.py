@@ -343,16 +343,6 @@ def register_transformers_attention() -> dict[str, str]:
     return dict(TRANSFORMERS_ATTN_NAMES)
 
 
-def backend_attn_implementation(backend: str) -> str:
-    """The transformers ``attn_implementation`` for an attention backend (registers it).
-
-    Raises:
-        BadInputError: unknown backend.
-    """
-    register_transformers_attention()
-    return TRANSFORMERS_ATTN_NAMES[validate_attention_backend(backend)]
-
-
 try:  # models.ModelAdapter.set_attn_backend imports this module to get the names registered
     register_transformers_attention()
 except ImportError:  # pragma: no cover - transformers absent (kernel benchmark machines)
