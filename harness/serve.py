@@ -149,23 +149,24 @@ class BatchWorker:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
+    def _fits(self, batch: list[_Job], job: _Job) -> bool:
+        """``job`` may join ``batch``: the same sampler config, and its rows fit the call."""
+        rows = sum(len(j.prompts) for j in batch)
+        return job.cfg_key == batch[0].cfg_key and rows + len(job.prompts) <= self.max_batch_size
+
     def _run(self) -> None:
         waiting: deque[_Job] = deque()
         while True:
             first = waiting.popleft() if waiting else self._queue.get()
             if first is None:
                 return
-            batch, rows, stop = [first], len(first.prompts), False
+            batch, stop = [first], False
             kept: deque[_Job] = deque()
             for job in waiting:
-                if job.cfg_key == first.cfg_key and rows + len(job.prompts) <= self.max_batch_size:
-                    batch.append(job)
-                    rows += len(job.prompts)
-                else:
-                    kept.append(job)
+                (batch if self._fits(batch, job) else kept).append(job)
             waiting = kept
             deadline = time.monotonic() + self.batch_window_s
-            while rows < self.max_batch_size:
+            while sum(len(j.prompts) for j in batch) < self.max_batch_size:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -176,19 +177,16 @@ class BatchWorker:
                 if late is None:
                     stop = True
                     break
-                if late.cfg_key == first.cfg_key and rows + len(late.prompts) <= self.max_batch_size:
-                    batch.append(late)
-                    rows += len(late.prompts)
-                else:
-                    waiting.append(late)
-            self._generate(batch, rows)
+                (batch if self._fits(batch, late) else waiting).append(late)
+            self._generate(batch)
             if stop:
                 for job in waiting:
                     job.future.set_exception(RuntimeError("the server is shutting down"))
                 return
 
-    def _generate(self, batch: list[_Job], rows: int) -> None:
+    def _generate(self, batch: list[_Job]) -> None:
         prompts = [p for job in batch for p in job.prompts]
+        rows = len(prompts)
         seeds = [s for job in batch for s in job.seeds]
         try:
             gens = batch[0].sampler.generate(self.adapter, prompts, seed=seeds)
