@@ -265,19 +265,17 @@ class OpenAIEngine(SamplerBase):
         """
         self.reported()
         seeds = row_seeds(seed, len(prompts))
-        if self.config.batch_requests:
-            with Timer() as timer:
+        with Timer() as timer:
+            if self.config.batch_requests:
                 done = self._request(model, [list(p) for p in prompts], {"seeds": seeds}, seeds)
-            for g in done:
-                g.wall_s = timer.seconds / max(1, len(prompts))
-            return done
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.config.concurrency, max(1, len(prompts))))
-        try:
-            with Timer() as timer:
-                futs = [pool.submit(self._one, model, list(p), s) for p, s in zip(prompts, seeds)]
-                done = [f.result() for f in futs]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            else:
+                workers = min(self.config.concurrency, max(1, len(prompts)))
+                pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+                try:
+                    futs = [pool.submit(self._one, model, list(p), s) for p, s in zip(prompts, seeds)]
+                    done = [f.result() for f in futs]
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
         share = timer.seconds / max(1, len(prompts))
         for g in done:
             g.wall_s = share
