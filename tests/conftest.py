@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from dllm_bench.schema import SampleRecord
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "tests") not in sys.path:  # helper modules next to the tests (refckpt) import by name
@@ -62,6 +66,16 @@ def ci_run(tmp_path_factory):
     p = run_ci_recipe(out)
     assert p.returncode == 0, p.stderr[-3000:]
     return out, p, time.time() - t0
+
+
+def read_records(path: Path) -> list[SampleRecord]:
+    """Every per-sample record of ``samples.jsonl``-style ``path``, in file order (duplicates kept),
+    split at ``\\n`` only as the harness reads them (:func:`dllm_bench.jsonl.jsonl_lines`)."""
+    from dllm_bench.jsonl import jsonl_lines
+    from dllm_bench.schema import SampleRecord
+
+    text = path.read_text(encoding="utf-8")
+    return [SampleRecord.model_validate_json(line) for line in jsonl_lines(text) if line.strip()]
 
 
 def sigkill_after_samples(cmd: list[str], samples: Path, n: int, env: dict[str, str]) -> list[bytes]:

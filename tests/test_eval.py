@@ -13,20 +13,16 @@ import pytest
 from dllm_bench.errors import BadInputError
 from dllm_bench.evaluate import print_entry, run_eval
 from dllm_bench.models import load_model
-from dllm_bench.schema import Entry, SampleRecord, sha256_file
+from dllm_bench.schema import Entry, sha256_file
 
-from .conftest import sigkill_after_samples
+from .conftest import read_records, sigkill_after_samples
 
 VENV_BIN = Path(sys.executable).parent
 TASK = "gsm8k_calc"
 
 
 
-def _records(path: Path) -> list[SampleRecord]:
-    return [SampleRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def test_eval_writes_entry_and_records(tmp_path, capsys):
+def test_eval_writes_entry_andread_records(tmp_path, capsys):
     out = tmp_path / "run"
     entry = run_eval(model="tiny-block-dlm", task=TASK, sampler="block-dynamic",
                      sampler_args={"max_new_tokens": 8, "temperature": 0.7}, limit=3, samples=2, batch_size=4,
@@ -37,7 +33,7 @@ def test_eval_writes_entry_and_records(tmp_path, capsys):
     assert entry.protocol.generation.max_new_tokens == 8 and "max_new_tokens" not in entry.system.sampler.config
     assert entry.repro.model.family == "block-diffusion" and entry.repro.model.config_sha256
     assert set(entry.metrics) >= {"accuracy", "pass@1", "pass@2"} and entry.metrics["accuracy"].n == 3
-    recs = _records(out / "samples.jsonl")
+    recs = read_records(out / "samples.jsonl")
     assert len(recs) == entry.samples.n_records == 6
     assert entry.samples.sha256 == sha256_file(out / "samples.jsonl")
     assert entry.cost.nfe == sum(int(r.cost["nfe"]) for r in recs) > 0
@@ -99,9 +95,9 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     assert len(after) == 48  # ... and not recomputed (no duplicate records)
     ref = run_eval(output=tmp_path / "ref", **args)
     key = lambda r: (r.doc_id, r.sample_index)  # noqa: E731
-    got = {key(r): (r.completion, r.seed, r.correct, r.cost["nfe"]) for r in _records(samples)}
+    got = {key(r): (r.completion, r.seed, r.correct, r.cost["nfe"]) for r in read_records(samples)}
     want = {key(r): (r.completion, r.seed, r.correct, r.cost["nfe"])
-            for r in _records(tmp_path / "ref" / "samples.jsonl")}
+            for r in read_records(tmp_path / "ref" / "samples.jsonl")}
     assert got == want
     assert resumed.metrics == ref.metrics and resumed.pair_digest == ref.pair_digest
     assert resumed.status.state == "complete" and resumed.cost.nfe == ref.cost.nfe

@@ -22,6 +22,8 @@ from dllm_bench.evaluate import run_eval
 from dllm_bench.parallel import free_port
 from dllm_bench.schema import Entry, SampleRecord, sha256_file
 
+from .conftest import read_records
+
 VENV_BIN = Path(sys.executable).parent
 TASK = "gsm8k_calc"
 SAMPLER_ARGS = {"max_new_tokens": 16, "temperature": 1.0, "top_k": 50}
@@ -50,10 +52,6 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def _records(path: Path) -> list[SampleRecord]:
-    return [SampleRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _outcome(r: SampleRecord) -> tuple:
     """What a sample is, wall time aside: identity, completion, seed, verdict, score, NFE and tokens."""
     return (r.doc_id, r.sample_index, r.prompt_sha256, r.completion, r.extracted, r.seed, r.correct, r.score,
@@ -63,8 +61,8 @@ def _outcome(r: SampleRecord) -> tuple:
 def _assert_same_run(entry: Entry, out: Path, ref: Entry, ref_out: Path) -> None:
     """``out`` holds the run of ``ref_out``: the same records in the same order (wall time aside),
     the same entry key digests, entry id, metrics, NFE and status; no rank file left."""
-    assert [_outcome(r) for r in _records(out / "samples.jsonl")] == \
-        [_outcome(r) for r in _records(ref_out / "samples.jsonl")]
+    assert [_outcome(r) for r in read_records(out / "samples.jsonl")] == \
+        [_outcome(r) for r in read_records(ref_out / "samples.jsonl")]
     assert (entry.protocol_digest, entry.system_digest, entry.entry_id) == \
         (ref.protocol_digest, ref.system_digest, ref.entry_id)
     assert entry.metrics == ref.metrics

@@ -21,11 +21,10 @@ from dllm_bench.errors import BadInputError  # noqa: E402
 from dllm_bench.evaluate import run_eval  # noqa: E402
 from dllm_bench.models import load_model  # noqa: E402
 from dllm_bench.parallel import free_port as _free_port  # noqa: E402
-from dllm_bench.schema import SampleRecord  # noqa: E402
 from dllm_bench.serve import get_json as _get  # noqa: E402
 from dllm_bench.serve import start_process  # noqa: E402
 
-from .conftest import REPO, VENV_BIN, sigkill_after_samples  # noqa: E402
+from .conftest import REPO, VENV_BIN, read_records, sigkill_after_samples  # noqa: E402
 
 TASK = "gsm8k"
 BATCH = 3  # eval's batch size = the servers' --max-batch-size
@@ -76,13 +75,9 @@ def ar_server(ckpts):
     s.stop()
 
 
-def _records(path: Path) -> list[SampleRecord]:
-    return [SampleRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _outcomes(path: Path) -> dict:
     return {(r.doc_id, r.sample_index): (r.completion, r.seed, r.correct, r.cost["nfe"], r.cost["generated_tokens"],
-                                         r.details["finish_reason"]) for r in _records(path)}
+                                         r.details["finish_reason"]) for r in read_records(path)}
 
 
 def _openai_args(server: Served, **kw) -> dict:
@@ -141,7 +136,7 @@ def test_key_does_not_depend_on_the_address(block_server, ckpts):
 
 
 # ------------------------------------------------------------------------------ resume
-def test_killed_client_resumes_with_the_same_records(block_server, ckpts, tmp_path):
+def test_killed_client_resumes_with_the_sameread_records(block_server, ckpts, tmp_path):
     """SIGKILL an eval process that decodes through the server; re-running resumes: the finished
     records are kept byte for byte, the rest computed, and the result equals an uninterrupted
     in-process run."""
