@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "tests") not in sys.path:  # helper modules next to the tests (refckpt) import by name
     sys.path.insert(0, str(REPO / "tests"))
-SHARED_DATA = REPO.parent / "shared" / "data"
 VENV_BIN = Path(sys.executable).parent
 
 

@@ -55,7 +55,7 @@ from dllm_bench.schema import (
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "fixtures" / "entries"
-GSM8K = HERE.parent / "tasks" / "data" / "gsm8k" / "test.jsonl"  # packaged verbatim copy of /work/shared/data
+GSM8K = HERE.parent / "tasks" / "data" / "gsm8k" / "test.jsonl"  # the packaged GSM8K test split (see its PROVENANCE.md)
 N_DOCS = 40
 CREATED = "2026-01-01T00:00:00+00:00"
 
